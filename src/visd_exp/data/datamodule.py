@@ -1,0 +1,182 @@
+"""The data module: JSONL records -> sampled frames (torchcodec) -> chat prompt -> processor tensors.
+
+At setup every video is probed (a missing or corrupt file fails here, naming the file) and each
+prompt's token length is computed without decoding; prompts longer than `max_prompt_length` are
+dropped and counted (never truncated through vision tokens). Frames are decoded per item.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from visd_exp.data.frames import PATCH_FACTOR, FramePlan, decode_frames, plan_frames, probe_video
+from visd_exp.data.prompts import build_messages
+from visd_exp.data.records import load_records
+
+log = logging.getLogger(__name__)
+
+
+def key_times(record: dict) -> list[float]:
+    """Key-frame times that spatio-temporal tasks must show the model."""
+    if record.get("task") != "spatio_temporal_grounding":
+        return []
+    return [float(k["time"]) for k in record.get("key_frames") or [] if "time" in k]
+
+
+def prompt_text(processor, record: dict, plan: FramePlan, privileged: str | None = None) -> str:
+    messages = build_messages(record["question"], record["task"], plan.times, plan.duration, privileged)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_length(processor, text: str, plan: FramePlan) -> int:
+    """Token count after the processor expands each <|image_pad|> into its vision tokens."""
+    tokens_per_frame = (plan.height // PATCH_FACTOR) * (plan.width // PATCH_FACTOR)
+    n_text = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return n_text + len(plan.times) * (tokens_per_frame - 1)
+
+
+def encode_prompt(processor, text: str, frames: torch.Tensor) -> dict:
+    """Processor tensors for one prompt (batch dim 1); frames are already resized, so no resize here."""
+    return processor(
+        text=[text],
+        images=[list(frames)],
+        return_tensors="pt",
+        do_resize=False,
+        return_mm_token_type_ids=True,
+    )
+
+
+class VideoQADataset(Dataset):
+    """Items: the record (with frame_size/frame_times added), prompt text and processor tensors."""
+
+    def __init__(self, records: Sequence[dict], plans: Sequence[FramePlan], processor):
+        self.records = list(records)
+        self.plans = list(plans)
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record, plan = self.records[index], self.plans[index]
+        frames = decode_frames(record["video_path"], plan)
+        text = prompt_text(self.processor, record, plan)
+        sample = {
+            **record,
+            "frame_size": list(plan.frame_size),
+            "frame_times": list(plan.times),
+            "video_duration": plan.duration,
+        }
+        return {"sample": sample, "frames": frames, "text": text, **encode_prompt(self.processor, text, frames)}
+
+
+def collate_prompts(items: list[dict], pad_token_id: int) -> dict:
+    """Left-pad prompts into one batch; pixel values stay per item (rollouts repeat them per generation)."""
+    length = max(item["input_ids"].shape[1] for item in items)
+
+    def left_pad(key: str, value: int) -> torch.Tensor:
+        rows = []
+        for item in items:
+            row = item[key][0]
+            rows.append(torch.cat([row.new_full((length - row.shape[0],), value), row]))
+        return torch.stack(rows)
+
+    return {
+        "input_ids": left_pad("input_ids", pad_token_id),
+        "attention_mask": left_pad("attention_mask", 0),
+        "mm_token_type_ids": left_pad("mm_token_type_ids", 0),
+        "pixel_values": [item["pixel_values"] for item in items],
+        "image_grid_thw": [item["image_grid_thw"] for item in items],
+        "samples": [item["sample"] for item in items],
+        "frames": [item["frames"] for item in items],
+        "texts": [item["text"] for item in items],
+    }
+
+
+class VideoQADataModule(L.LightningDataModule):
+    """Train/val/test splits from JSONL files; the synthetic set is generated on first use."""
+
+    def __init__(self, cfg, processor):
+        super().__init__()
+        self.cfg = cfg
+        self.processor = processor
+        self.datasets: dict[str, VideoQADataset] = {}
+        self.stats: dict[str, float] = {}
+
+    def prepare_data(self) -> None:
+        synthetic = self.cfg.get("synthetic")
+        if synthetic is not None:
+            from omegaconf import OmegaConf
+
+            from visd_exp.data.synthetic import ensure_dataset
+
+            difficulty = synthetic.get("difficulty")
+            overrides = OmegaConf.to_container(difficulty, resolve=True) if difficulty is not None else {}
+            ensure_dataset(
+                synthetic.out_dir,
+                num_videos=synthetic.num_videos,
+                seed=synthetic.seed,
+                preset=synthetic.preset,
+                **overrides,
+            )
+
+    def build_split(self, split: str) -> VideoQADataset | None:
+        path = self.cfg.get(f"{split}_file")
+        if not path:
+            return None
+        records = load_records(path)
+        if self.cfg.get("tasks"):
+            records = [r for r in records if r["task"] in set(self.cfg.tasks)]
+        kept, plans, dropped = [], [], 0
+        for record in records:
+            info = probe_video(record["video_path"])  # VideoDecodeError names the file
+            plan = plan_frames(info, self.cfg, key_times(record))
+            if prompt_length(self.processor, prompt_text(self.processor, record, plan), plan) > self.cfg.max_prompt_length:
+                dropped += 1
+                continue
+            kept.append(record)
+            plans.append(plan)
+        self.stats[f"data/{split}_records"] = len(kept)
+        self.stats[f"data/{split}_dropped_long_prompts"] = dropped
+        if dropped:
+            log.warning("%s: dropped %d of %d prompts longer than %d tokens", path, dropped, len(records),
+                        self.cfg.max_prompt_length)
+        if not kept:
+            raise ValueError(f"{path}: no usable records (all {len(records)} dropped or filtered)")
+        return VideoQADataset(kept, plans, self.processor)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in ("train", "val", "test"):
+            if split not in self.datasets and (dataset := self.build_split(split)) is not None:
+                self.datasets[split] = dataset
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        pad = self.processor.tokenizer.pad_token_id
+        generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.cfg.num_workers,
+            collate_fn=functools.partial(collate_prompts, pad_token_id=pad),
+            generator=generator,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+

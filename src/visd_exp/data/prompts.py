@@ -1,0 +1,61 @@
+"""Prompt building, the Open-o3-Video way: each sampled frame is an image preceded by its timestamp,
+plus a line with the video's length, the question, and a system prompt asking for grounded reasoning.
+
+The student and the teacher use the SAME builder; the teacher's prompt only adds a privileged block
+after the question (VISD section 3.2), so the completion tokens that follow line up one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+SYSTEM_PROMPT = (
+    "You answer questions about a video. First reason inside <think> </think>: cite the evidence you "
+    "use as <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s, with box corners in pixels of "
+    "the frame. Then give only the final answer inside <answer> </answer>. For a time span, answer "
+    "From <t>start</t>s to <t>end</t>s. For a multiple-choice question, answer with the option letter."
+)
+
+# Task-specific reminders appended to the question; they tell the model which answer format is scored.
+TASK_INSTRUCTIONS = {
+    "temporal_grounding": "Answer with the time span as From <t>start</t>s to <t>end</t>s.",
+    "spatio_temporal_grounding": "Answer with <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s.",
+    "multiple_choice": "Answer with the option letter.",
+    "free_form": "Answer in a few words.",
+    "numerical": "Answer with a number.",
+    "regression": "Answer with a number.",
+}
+
+
+def format_seconds(t: float) -> str:
+    return f"{t:.1f}"
+
+
+def build_messages(
+    question: str,
+    task: str,
+    frame_times: Sequence[float],
+    duration: float,
+    privileged: str | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[dict]:
+    """Chat messages for one sample; one {"type": "image"} entry per sampled frame, in time order."""
+    content: list[dict] = [{"type": "text", "text": f"The video is {format_seconds(duration)} seconds long.\n"}]
+    for i, t in enumerate(frame_times):
+        content.append({"type": "text", "text": f"Frame {i + 1} at {format_seconds(t)}s:"})
+        content.append({"type": "image"})
+        content.append({"type": "text", "text": "\n"})
+    instruction = TASK_INSTRUCTIONS.get(task, "")
+    content.append({"type": "text", "text": f"{question.strip()}\n{instruction}".rstrip()})
+    if privileged:
+        content.append({"type": "text", "text": "\n" + privileged.strip()})
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": content},
+    ]
+
+
+def sample_text_for_corpus(sample: Mapping) -> str:
+    """Plain text of a sample (question + answer + reasoning) for tokenizer training corpora."""
+    parts = [sample.get("question", ""), sample.get("answer", ""), sample.get("reasoning_process", "")]
+    return "\n".join(p for p in parts if p)

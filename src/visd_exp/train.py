@@ -1,0 +1,59 @@
+"""Training entry point: compose the config, build data, model and module, fit.
+
+    python -m visd_exp.train                          # the tiny offline default (GRPO)
+    python -m visd_exp.train +experiment=grpo trainer.max_steps=5
+    python -m visd_exp.train -m +experiment=grpo seed=0,1
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from visd_exp.utils.setup import find_project_root
+
+os.environ.setdefault("PROJECT_ROOT", str(find_project_root()))
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit one run described by `cfg`; returns the last logged metrics."""
+    import lightning as L
+
+    from visd_exp.data.datamodule import VideoQADataModule
+    from visd_exp.models import load_model_and_processor
+    from visd_exp.module import VISDModule
+    from visd_exp.utils.setup import build_callbacks, build_loggers, save_run_config
+
+    output_dir = Path(cfg.paths.output_dir)
+    save_run_config(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    model, processor = load_model_and_processor(cfg.model)
+    datamodule = VideoQADataModule(cfg.data, processor)
+    module = VISDModule(model, processor, cfg)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("save_hf_model", True):
+        module.model.save_pretrained(output_dir / "hf_model")
+        from visd_exp.models.processor import save_processor
+
+        save_processor(processor, output_dir / "hf_model")
+    log.info("run directory: %s", output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric", "reward"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Run set-up shared by the entry points: project root, loggers, callbacks, the saved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest directory above `start` (default: this file, then cwd) holding pyproject.toml."""
+    for base in ([start] if start else []) + [Path(__file__).resolve(), Path.cwd()]:
+        for parent in [base, *base.parents]:
+            if (parent / "pyproject.toml").is_file() and (parent / "conf").is_dir():
+                return parent
+    return Path.cwd()
+
+
+def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
+    """The resolved config next to the run's logs (Hydra also keeps the unresolved one in .hydra/)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    import hydra
+
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is not None and "_target_" in node:
+            loggers.append(hydra.utils.instantiate(node))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    import hydra
+
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and "_target_" in node:
+            callbacks.append(hydra.utils.instantiate(node))
+    return callbacks
