@@ -1,0 +1,289 @@
+"""A local OpenAI-compatible judge server backed by the rule judge, with fault injection.
+
+    python -m visd_exp.judge.serve --host 127.0.0.1 --port 8008 [--latency 0.2] [--error-rate 0.3]
+        [--error-codes 500,429] [--malformed-rate 0.1] [--malformed-kind mixed] [--retry-after 1]
+        [--fail-first 0] [--seed 0]
+
+Endpoints: POST /v1/chat/completions, GET /v1/models. The user message is read back with the project's
+user template; a message of any other shape still gets a valid ``{"feedback": ...}`` reply saying what
+was missing. Only injected faults produce error statuses (429 replies carry Retry-After).
+Standard library only (ThreadingHTTPServer), so it runs anywhere the package imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from visd_exp.judge.base import JudgeItem
+from visd_exp.judge.prompts import load_template, parse_user_message
+from visd_exp.judge.rule import RuleJudge
+
+MODEL_ID = "visd-rule-judge"
+MALFORMED_KINDS = ("mixed", "prose", "garbage", "empty")
+
+
+@dataclass
+class FaultOptions:
+    """Injected faults. Errors and malformed replies are drawn from one seeded RNG, in request order."""
+
+    latency: float = 0.0  # seconds slept before every chat reply (faults included)
+    error_rate: float = 0.0  # share of chat requests answered with one of error_codes
+    error_codes: tuple[int, ...] = (500, 429)
+    malformed_rate: float = 0.0  # share of 200 replies whose content is not clean JSON
+    malformed_kind: str = "mixed"  # prose (repairable) | garbage (not) | empty feedback | mixed
+    retry_after: float = 1.0  # Retry-After seconds on injected 429s
+    fail_first: int = 0  # the first N chat requests fail (cycling through error_codes): deterministic tests
+    seed: int = 0
+
+
+class JudgeServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of concurrent clients must not overflow the listen backlog
+
+    def __init__(self, address, faults: FaultOptions, verbose: bool = False, user_template=None) -> None:
+        super().__init__(address, _Handler)
+        if faults.malformed_kind not in MALFORMED_KINDS:
+            raise ValueError(f"malformed_kind must be one of {MALFORMED_KINDS}")
+        self.faults = faults
+        self.verbose = verbose
+        self.judge = RuleJudge()
+        self.user_template = load_template(user_template, "user")  # the template clients render with
+        self.stats: Counter = Counter()  # requests, chat, ok, errors, malformed, authorized
+        self._rng = random.Random(faults.seed)
+        self._lock = threading.Lock()
+
+    def draw_faults(self) -> tuple[int | None, str | None]:
+        """(error status or None, malformed kind or None) for the next chat request."""
+        f = self.faults
+        with self._lock:
+            n = self.stats["chat"]
+            self.stats["chat"] += 1
+            error_roll, malformed_roll, kind_roll = self._rng.random(), self._rng.random(), self._rng.random()
+            code_roll = self._rng.randrange(len(f.error_codes)) if f.error_codes else 0
+            code = None
+            if f.error_codes and n < f.fail_first:
+                code = f.error_codes[n % len(f.error_codes)]
+            elif f.error_codes and error_roll < f.error_rate:
+                code = f.error_codes[code_roll]
+            malformed = None
+            if code is None and malformed_roll < f.malformed_rate:
+                malformed = f.malformed_kind
+                if malformed == "mixed":
+                    malformed = "prose" if kind_roll < 0.5 else "garbage"
+            self.stats["errors" if code else "malformed" if malformed else "ok"] += 1
+        return code, malformed
+
+    def feedback_for(self, body: object) -> str:
+        """Rule-judge feedback for a chat request body; never raises."""
+        try:
+            text = _user_text(body)
+        except ValueError as exc:
+            return f"The judge could not read this request: {exc}. No diagnosis was made."
+        try:
+            fields = parse_user_message(text, self.user_template)
+        except ValueError as exc:
+            return f"The judge could not read this request: {exc}. No diagnosis was made."
+        try:
+            evidence = json.loads(fields.get("evidence") or "null")
+        except ValueError:
+            evidence = None
+        item = JudgeItem(
+            task=fields.get("task", ""),
+            question=fields.get("question", ""),
+            standard_answer=fields.get("standard_answer", ""),
+            evidence=evidence if isinstance(evidence, dict) else None,
+            completion=fields.get("student_output", ""),
+        )
+        try:
+            return self.judge.diagnose(item).feedback
+        except Exception as exc:  # a strange but well-shaped message still gets a JSON reply
+            return f"The judge could not diagnose this sample ({type(exc).__name__}). No diagnosis was made."
+
+    def handle_error(self, request, client_address) -> None:
+        # Clients that time out close their socket mid-reply; that is expected, not worth a traceback.
+        if self.verbose:
+            super().handle_error(request, client_address)
+
+
+def _user_text(body: object) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise ValueError("the body has no 'messages' list")
+    users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise ValueError("there is no user message")
+    content = users[-1].get("content")
+    if isinstance(content, list):  # OpenAI content parts
+        content = "\n".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    if not isinstance(content, str) or not content.strip():
+        raise ValueError("the user message has no text")
+    return content
+
+
+def _malform(content: str, kind: str) -> str:
+    if kind == "prose":
+        return f"Sure, here is my assessment:\n```json\n{content}\n```\nLet me know if you need more."
+    if kind == "empty":
+        return json.dumps({"feedback": "   "})
+    return "feedback: the student did fine, I think (no JSON here)"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so a client pool reuses connections
+    # Headers and body go out in two writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms each.
+    disable_nagle_algorithm = True
+    timeout = 30  # idle keep-alive connections release their thread eventually
+    server: JudgeServer
+
+    def log_message(self, format, *args) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _reply(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        with self.server._lock:
+            self.server.stats["requests"] += 1
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path in ("/v1/models", "/models"):
+            model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "visd-exp"}
+            self._reply(200, {"object": "list", "data": [model]})
+        elif path in ("/health", "/v1/health"):
+            self._reply(200, {"status": "ok"})
+        else:
+            self._reply(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        with self.server._lock:
+            self.server.stats["requests"] += 1
+            # Counted (never stored) so tests can check that a key is sent only when one is configured.
+            self.server.stats["authorized"] += bool(self.headers.get("Authorization"))
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path not in ("/v1/chat/completions", "/chat/completions"):
+            self._reply(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+            return
+        faults = self.server.faults
+        code, malformed = self.server.draw_faults()
+        if faults.latency > 0:
+            time.sleep(faults.latency)
+        if code is not None:
+            headers = {"Retry-After": f"{faults.retry_after:g}"} if code == 429 else None
+            error = {"message": f"injected fault {code}", "type": "injected_fault", "code": code}
+            self._reply(code, {"error": error}, headers)
+            return
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        content = json.dumps({"feedback": self.server.feedback_for(body)})
+        if malformed:
+            content = _malform(content, malformed)
+        model = (
+            body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else MODEL_ID
+        )
+        message = {"role": "assistant", "content": content}
+        self._reply(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(content) // 4},
+            },
+        )
+
+
+def start_server(
+    host: str = "127.0.0.1", port: int = 0, verbose: bool = False, user_template=None, **fault_options
+):
+    """Serve in a daemon thread; returns (server, thread, base_url) with base_url ending in /v1.
+
+    ``fault_options`` are the fields of FaultOptions; ``user_template`` a path (None = packaged).
+    """
+    if "error_codes" in fault_options:
+        fault_options["error_codes"] = tuple(int(c) for c in fault_options["error_codes"])
+    server = JudgeServer(
+        (host, port), FaultOptions(**fault_options), verbose=verbose, user_template=user_template
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="visd-judge-server", daemon=True
+    )
+    thread.start()
+    bound_host, bound_port = server.server_address[:2]
+    return server, thread, f"http://{bound_host}:{bound_port}/v1"
+
+
+def stop(server: JudgeServer, thread: threading.Thread | None = None) -> None:
+    """Stop serving and release the port."""
+    server.shutdown()
+    server.server_close()
+    if thread is not None:
+        thread.join(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Serve the rule judge on an OpenAI-compatible API.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8008)
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--error-rate", type=float, default=0.0)
+    p.add_argument("--error-codes", default="500,429")
+    p.add_argument("--malformed-rate", type=float, default=0.0)
+    p.add_argument("--malformed-kind", choices=MALFORMED_KINDS, default="mixed")
+    p.add_argument("--retry-after", type=float, default=1.0)
+    p.add_argument("--fail-first", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--user-template", default=None, help="path of the user template clients render with")
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args(argv)
+    codes = tuple(int(c) for c in a.error_codes.split(",") if c.strip())
+    server, thread, url = start_server(
+        a.host,
+        a.port,
+        verbose=a.verbose,
+        user_template=a.user_template,
+        latency=a.latency,
+        error_rate=a.error_rate,
+        error_codes=codes,
+        malformed_rate=a.malformed_rate,
+        malformed_kind=a.malformed_kind,
+        retry_after=a.retry_after,
+        fail_first=a.fail_first,
+        seed=a.seed,
+    )
+    print(f"visd judge server at {url} (model {MODEL_ID})", flush=True)
+    try:
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(server, thread)
+
+
+if __name__ == "__main__":
+    main()
