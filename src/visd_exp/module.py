@@ -56,7 +56,7 @@ class VISDModule(L.LightningModule):
 
     def __init__(self, model, processor, cfg):
         super().__init__()
-        self.model = model
+        self.model = model.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
         self.processor = processor
         self.cfg = cfg  # the whole composed config (algorithm, reward, optim, ...)
         self.automatic_optimization = False

@@ -27,13 +27,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from visd_exp.data.datamodule import VideoQADataModule
     from visd_exp.models import load_model_and_processor
     from visd_exp.module import VISDModule
-    from visd_exp.utils.setup import build_callbacks, build_loggers, save_run_config
+    from visd_exp.utils.setup import build_callbacks, build_loggers, quiet_known_warnings, save_run_config
 
+    quiet_known_warnings()
     output_dir = Path(cfg.paths.output_dir)
     save_run_config(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    model, processor = load_model_and_processor(cfg.model)
+    model, processor = load_model_and_processor(cfg.model, cfg.data)
     datamodule = VideoQADataModule(cfg.data, processor)
     module = VISDModule(model, processor, cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))

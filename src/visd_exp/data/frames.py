@@ -83,9 +83,9 @@ def sample_times(
     duration: float, fps: float, min_frames: int, max_frames: int, key_times: Sequence[float] = ()
 ) -> tuple[float, ...]:
     """Frame times at `fps` from t=0, clamped in count; key-frame times merged in (kept when capping)."""
-    n = int(math.floor(duration * fps + 1e-6))
-    n = max(min_frames, min(max_frames, n))
-    step = 1.0 / fps if n / fps <= duration + 1e-6 else duration / n
+    natural = int(math.floor(duration * fps + 1e-6))
+    n = max(min_frames, min(max_frames, natural))
+    step = 1.0 / fps if n == natural else duration / n  # clamped: spread n frames over the whole video
     times = [round(i * step, 3) for i in range(n)]
     keys = sorted({round(float(t), 3) for t in key_times if 0.0 <= t < duration})
     merged = sorted(set(times) | set(keys))

@@ -19,28 +19,36 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def resolve_model_path(cfg) -> str:
-    """The directory or hub id to load; builds the tiny model first when `cfg.tiny` is set."""
+def resolve_model_path(cfg, data_cfg=None) -> str:
+    """The directory or hub id to load; builds the tiny model (and its SFT warm start) when configured."""
     if cfg.get("tiny") is not None:
         from omegaconf import OmegaConf
 
         from visd_exp.models.tiny import ensure_tiny
 
         spec = OmegaConf.to_container(cfg.tiny, resolve=True) if not isinstance(cfg.tiny, dict) else cfg.tiny
-        return str(ensure_tiny(cfg.cache_dir, spec))
+        path = ensure_tiny(cfg.cache_dir, spec)
+        warm = cfg.get("warm_start")
+        if warm is not None and warm.steps > 0:
+            from visd_exp.models.warm_start import ensure_warm_start
+
+            if data_cfg is None:
+                raise ValueError("model.warm_start needs the run's data config (frame settings)")
+            path = ensure_warm_start(path, warm, data_cfg, cfg.cache_dir, Path(warm.data_dir))
+        return str(path)
     path = cfg.pretrained_model_name_or_path
     if path is None:
         raise ValueError("model.pretrained_model_name_or_path is not set (and model.tiny is null)")
     return str(path)
 
 
-def load_model_and_processor(cfg):
-    """Load (model, processor) for a `model` config node."""
+def load_model_and_processor(cfg, data_cfg=None):
+    """Load (model, processor) for a `model` config node (`data_cfg`: frame settings for a warm start)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from visd_exp.models.processor import load_processor
 
-    path = resolve_model_path(cfg)
+    path = resolve_model_path(cfg, data_cfg)
     local = Path(path).exists()
     dtype = _DTYPES[str(cfg.get("dtype", "float32"))]
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(

@@ -17,7 +17,7 @@ from pathlib import Path
 from visd_exp.data.prompts import SYSTEM_PROMPT, TASK_INSTRUCTIONS
 from visd_exp.utils.fs import atomic_directory, file_lock
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
 
 # Qwen2.5-VL's special tokens, in its order (ids are assigned from 0 here, not Qwen's 151643+).
 SPECIAL_TOKENS = [
@@ -36,6 +36,10 @@ SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
+
+# The output format's tags, atomic in the tiny tokenizer (normal, not special, tokens: they decode as
+# text). Real Qwen splits them into several tokens; the tiny model gets shorter sequences instead.
+FORMAT_TAGS = ["<think>", "</think>", "<answer>", "</answer>", "<obj>", "</obj>", "<box>", "</box>", "<t>", "</t>"]
 
 # A Qwen-style chat template: a default system turn, images and videos as vision placeholders that
 # the processor expands, and the assistant header when a generation prompt is requested.
@@ -81,39 +85,33 @@ class TinySpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-_COLOURS = ["red", "green", "blue", "yellow", "white", "cyan", "magenta", "orange", "purple", "black"]
-_SHAPES = ["square", "circle", "triangle", "rectangle"]
-_WORDS = ["left", "right", "up", "down", "visible", "appears", "moves", "disappears", "frame", "video", "object"]
-
-
 def _corpus(spec: TinySpec) -> Iterator[str]:
-    """Text shaped like this project's prompts and answers, so common strings become single tokens."""
+    """Text shaped like this project's prompts and answers, so its frequent strings become single tokens:
+    the system prompt, task instructions, frame headers, and records of the synthetic generator
+    (built without rendering any video) for every preset."""
+    import numpy as np
+
+    from visd_exp.data.synthetic import PRESETS, build_records, sample_scene
+
     rng = random.Random(spec.seed)
     yield SYSTEM_PROMPT
     yield from TASK_INSTRUCTIONS.values()
     yield from spec.extra_corpus
-    for _ in range(spec.corpus_lines):
-        obj = f"{rng.choice(_COLOURS)} {rng.choice(_SHAPES)}"
-        s = rng.randint(0, 12)
-        e = s + rng.randint(1, 8)
-        box = [rng.randint(0, 100) for _ in range(4)]
-        t = rng.randint(0, 20) + rng.choice([0.0, 0.5])
-        claim = f"<obj>{obj}</obj><box>[{box[0]},{box[1]},{box[2]},{box[3]}]</box>at<t>{t:.1f}</t>s"
-        yield rng.choice(
-            [
-                f"The video is {rng.randint(4, 30)}.0 seconds long.\nFrame {rng.randint(1, 16)} at {t:.1f}s:",
-                f"<think>The {claim} is visible. It {rng.choice(_WORDS)} {rng.choice(_WORDS)}.</think>"
-                f"<answer>From <t>{s:.1f}</t>s to <t>{e:.1f}</t>s</answer>",
-                f"<think>{claim} {claim}</think><answer>{rng.choice('ABCD')}</answer>",
-                f"When is the {obj} visible? Where is the {obj}? What colour is the {obj}?",
-                f"In which direction does the {obj} move?\nA. left\nB. right\nC. up\nD. down",
-                f"<answer>{claim}</answer> <answer>{obj}</answer> {' '.join(rng.sample(_WORDS, 4))}",
-            ]
-        )
+    for i in range(spec.corpus_lines // 10):
+        yield f"The video is {rng.randint(4, 60)}.0 seconds long.\nFrame {rng.randint(1, 16)} at {rng.randint(0, 59)}.{rng.choice('05')}s:"
+    np_rng = np.random.default_rng(spec.seed)
+    names = sorted(PRESETS)
+    tasks = ["temporal_grounding", "spatio_temporal_grounding", "multiple_choice", "free_form"]
+    for i in range(spec.corpus_lines // len(tasks)):
+        difficulty = PRESETS[names[i % len(names)]]
+        scene = sample_scene(np_rng, difficulty)
+        for record in build_records(f"{i}", "v.mp4", scene, difficulty, tasks, np_rng):
+            yield record["question"]
+            yield record["reasoning_process"]
 
 
 def _train_tokenizer(spec: TinySpec):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -126,6 +124,7 @@ def _train_tokenizer(spec: TinySpec):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(spec), trainer=trainer)
+    tok.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in FORMAT_TAGS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

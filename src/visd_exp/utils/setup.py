@@ -7,6 +7,22 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 
+def quiet_known_warnings() -> None:
+    """Silence library messages that do not apply to this project's loop (documented choices)."""
+    import logging
+    import warnings
+
+    # We save checkpoints after the optimizer step on purpose (manual optimisation).
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # Validation runs through callbacks, not a validation_step.
+    warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*The anonymous setting has no effect.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
 def find_project_root(start: Path | None = None) -> Path:
     """The nearest directory above `start` (default: this file, then cwd) holding pyproject.toml."""
     for base in ([start] if start else []) + [Path(__file__).resolve(), Path.cwd()]:
