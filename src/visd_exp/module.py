@@ -1,9 +1,12 @@
-"""The LightningModule: one GRPO step, top to bottom (VISD Algorithm 1 with lambda = 0).
+"""The LightningModule: one VISD step, top to bottom (VISD Algorithm 1).
 
-    rollout (G per prompt) -> verifier rewards -> group advantages (Eq. 14)
-    -> token advantages (A broadcast over tokens; VISD's teacher credit rescales them, Eq. 7)
+    rollout (G per prompt) -> verifier rewards -> group advantages A (Eq. 14)
+    -> judge feedback f per rollout -> teacher replays the SAME tokens with r = (a*, e, f)
+    -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
     -> clipped surrogate (Eq. 9 / 16) -> backward -> clip grad norm -> AdamW step
+    (callbacks then update the teacher, Eq. 8, and anneal lambda)
 
+With lambda = 0 for good (or no teacher) the judge and teacher never run: the step is exactly GRPO.
 Optimisation is manual so that every stage is visible here and timed as `timing/<stage>`.
 """
 
@@ -16,10 +19,18 @@ from collections import defaultdict
 import lightning as L
 import torch
 
+from visd_exp import credit
+from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
+from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
 from visd_exp.models import vision_token_ids
 from visd_exp.objectives import clipped_surrogate_loss, group_advantages
 from visd_exp.rewards import COMPONENTS, score_batch
 from visd_exp.rollout.generation import generate_rollouts, policy_logprobs
+from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
+
+
+CREDIT_KEYS = ("credit/delta_mean", "credit/delta_std", "credit/delta_abs_mean", "credit/weight_mean",
+               "credit/weight_clip_frac")
 
 
 class Stopwatch:
@@ -61,6 +72,22 @@ class VISDModule(L.LightningModule):
         self.cfg = cfg  # the whole composed config (algorithm, reward, optim, ...)
         self.automatic_optimization = False
         self.suppress_ids = vision_token_ids(processor.tokenizer)
+        self.teacher = build_teacher(cfg.get("teacher"), self.model)  # None for plain GRPO
+        self.judge = build_judge(cfg.judge) if self.teacher is not None and cfg.get("judge") else None
+        self.lam = 0.0  # set before every batch by LambdaSchedule
+        self.teacher_active = self.teacher is not None
+        self.stepped = False  # whether the last training_step took an optimizer step
+
+    def configure_callbacks(self):
+        # Part of the method, not of the logging set-up: always present, whatever `callbacks` holds.
+        callbacks = [LambdaSchedule(self.cfg.schedule)] if self.cfg.get("schedule") else []
+        if self.teacher is not None:
+            callbacks.append(TeacherUpdate())
+        return callbacks
+
+    def teardown(self, stage: str) -> None:
+        if self.judge is not None:
+            self.judge.close()
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -101,21 +128,39 @@ class VISDModule(L.LightningModule):
             rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
             advantages = group_advantages(rewards, G)
 
-        # Step 3: token advantages. GRPO: A^_t = A for every token (VISD Eq. 7 with lambda = 0).
+        # Step 3: the student's log-probs under the current policy (with grad).
+        with watch("update"):
+            logprobs, logits = policy_logprobs(self.model, rollouts, algo.temperature)
         mask = rollouts.completion_mask.float()
-        token_advantages = advantages[:, None].expand_as(mask)
 
-        # Step 4: the clipped surrogate on the student's log-probs (Eq. 9 / 16), one optimizer step.
+        # Step 4: token advantages. GRPO: A^_t = A. VISD: the teacher rescales |A| per token (Eq. 3-7).
+        # Every step logs the same keys (a key missing at one step would repeat its stale value in the logs).
+        credit_metrics = dict.fromkeys(CREDIT_KEYS, math.nan) if self.teacher is not None else {}
+        if self.teacher is not None:
+            watch.seconds["judge"] = watch.seconds["teacher"] = 0.0
+        if self.teacher is not None and self.teacher_active and self.lam > 0:
+            with watch("judge"):
+                feedback = self.judge_feedback(samples, rollouts.texts)
+            with watch("teacher"):
+                t_logits = self.replay_teacher(batch, rollouts, samples, feedback)
+            delta = self.token_log_ratio(t_logits, logits.detach(), rollouts.completion_ids, mask)  # Eq. 4
+            weights = credit.token_weights(delta, advantages, self.cfg.credit.eps_w)  # m_t, Eq. 5-6
+            token_advantages = credit.token_advantages(advantages, weights, self.lam)  # A^_t, Eq. 7
+            credit_metrics = credit.credit_stats(delta, weights, mask.bool(), self.cfg.credit.eps_w)
+        else:
+            token_advantages = advantages[:, None].expand_as(mask)
+
+        # Step 5: the clipped surrogate (Eq. 9 / 16) and one optimizer step.
         with watch("update"):
             optimizer = self.optimizers()
             scheduler = self.lr_schedulers()
-            logprobs, logits = policy_logprobs(self.model, rollouts, algo.temperature)
             loss = clipped_surrogate_loss(logprobs, rollouts.old_logprobs, token_advantages, mask, algo.epsilon)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            self.stepped = True
 
         with torch.no_grad():
             ratio = torch.exp(logprobs.detach() - rollouts.old_logprobs)
@@ -137,11 +182,15 @@ class VISDModule(L.LightningModule):
             "grad_norm": grad_norm.detach().float(),
             "lr": scheduler.get_last_lr()[0],
             "progress": self.training_progress(),
+            "lambda": self.lam,
+            **credit_metrics,
         }
         for name in COMPONENTS:
             values = [s[name] for s in scores if s.get(name) is not None]
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values) if values else math.nan
-            metrics[f"rewards/{name}/active_frac"] = len(values) / len(scores)
+            metrics[f"rewards/{name}/masked_frac"] = 1.0 - len(values) / len(scores)  # the paper's K(x) masking
+        if self.judge is not None:
+            metrics.update(self.judge.pop_metrics())
         for stage, seconds in watch.seconds.items():
             metrics[f"timing/{stage}"] = seconds
         metrics["step_time"] = time.perf_counter() - step_start
@@ -152,3 +201,40 @@ class VISDModule(L.LightningModule):
         self.last_rollouts = rollouts  # kept for callbacks that log samples
         self.last_scores = scores
         return loss.detach()
+
+    # -- VISD pieces --------------------------------------------------------------------------------
+    def judge_feedback(self, samples: list[dict], completions: list[str]) -> list[str | None]:
+        """One feedback string per rollout (None: no judge, or the judge fell back)."""
+        if self.judge is None:
+            return [None] * len(completions)
+        items = [
+            JudgeItem(
+                task=s["task"],
+                question=s["question"],
+                standard_answer=s["answer"],
+                evidence=evidence_from_sample(s),
+                completion=c,
+                sample=s,
+            )
+            for s, c in zip(samples, completions)
+        ]
+        return self.judge.judge_batch(items)
+
+    def replay_teacher(self, batch: dict, rollouts, samples: list[dict], feedback: list[str | None]):
+        """Teacher logits on the student's completion tokens, after prompt + privileged block r."""
+        blocks = [privileged_block(s["answer"], evidence_from_sample(s), f) for s, f in zip(samples, feedback)]
+        G = self.cfg.algorithm.num_generations
+        grids = [grid for grid in batch["image_grid_thw"] for _ in range(G)]
+        inputs = teacher_inputs(self.processor, rollouts, samples, blocks, grids)
+        return teacher_logits(self.teacher.model(self.model), inputs, rollouts.completion_ids.shape[1])
+
+    def token_log_ratio(self, t_logits, s_logits, tokens, mask) -> torch.Tensor:
+        """Delta_t per the `credit` group; padding positions get token id -100 (Delta = 0 there)."""
+        cfg, temperature = self.cfg.credit, self.cfg.algorithm.temperature
+        tokens = tokens.masked_fill(mask == 0, -100)
+        t_logits, s_logits = t_logits / temperature, s_logits / temperature
+        if cfg.name == "topk":
+            return credit.topk_support_log_ratio(t_logits, s_logits, tokens, cfg.k, chunk_size=cfg.chunk_size)
+        if cfg.name == "sampled_token":
+            return credit.sampled_token_log_ratio(t_logits, s_logits, tokens, chunk_size=cfg.chunk_size)
+        raise ValueError(f"credit.name must be topk or sampled_token, got {cfg.name!r}")

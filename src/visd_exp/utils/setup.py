@@ -18,6 +18,8 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*The anonymous setting has no effect.*")
+    # The teacher copy is in eval mode on purpose (visd_exp/teacher/variants.py).
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage()
     )

@@ -1,0 +1,6 @@
+"""Callbacks that change training state between steps: lambda annealing and teacher updates."""
+
+from visd_exp.callbacks.lambda_schedule import LambdaSchedule, lambda_at
+from visd_exp.callbacks.teacher_update import TeacherUpdate
+
+__all__ = ["LambdaSchedule", "TeacherUpdate", "lambda_at"]

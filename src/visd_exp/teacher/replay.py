@@ -1,0 +1,75 @@
+"""Teacher replay: the teacher scores the SAME completion tokens the student sampled, after a prompt that
+differs from the student's only by the privileged block (Algorithm 1, line 16; Eq. 2).
+
+The teacher prompt reuses the student's frames: the text is rendered with the same chat template and each
+<|image_pad|> is expanded to the same number of vision tokens the processor used for the student, so
+pixel values and image grids are shared and no image is processed twice.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from visd_exp.data.prompts import build_messages
+from visd_exp.rollout.generation import RolloutBatch
+
+
+def render_prompt(processor, sample: dict, privileged: str | None) -> str:
+    """The chat-template text of a sample's prompt (+ the privileged block after the question)."""
+    messages = build_messages(
+        sample["question"], sample["task"], sample["frame_times"], sample["video_duration"], privileged
+    )
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def expand_and_tokenize(processor, text: str, image_grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
+    """What the processor does for text: one <|image_pad|> per vision token; mm type 1 marks them."""
+    tok = processor.tokenizer
+    pad = processor.image_token
+    merge = processor.image_processor.merge_size**2
+    pieces = text.split(pad)
+    if len(pieces) - 1 != image_grid_thw.shape[0]:
+        raise ValueError(f"prompt has {len(pieces) - 1} images but {image_grid_thw.shape[0]} grids")
+    expanded = pieces[0]
+    for grid, piece in zip(image_grid_thw, pieces[1:]):
+        expanded += pad * int(grid.prod().item() // merge) + piece
+    ids = tok(expanded, add_special_tokens=False)["input_ids"]
+    image_id = tok.convert_tokens_to_ids(pad)
+    return ids, [1 if i == image_id else 0 for i in ids]
+
+
+def teacher_inputs(processor, rollouts: RolloutBatch, samples: list[dict], blocks: list[str | None],
+                   grids_per_row: list[torch.Tensor]) -> dict:
+    """Model inputs of the teacher replay for every rollout row: left-padded teacher prompt + completion."""
+    rows = [expand_and_tokenize(processor, render_prompt(processor, s, b), g)
+            for s, b, g in zip(samples, blocks, grids_per_row)]
+    length = max(len(ids) for ids, _ in rows)
+    pad_id = processor.tokenizer.pad_token_id
+    n = len(rows)
+    prompt_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros(n, length, dtype=torch.long)
+    mm = torch.zeros(n, length, dtype=torch.long)
+    for i, (ids, types) in enumerate(rows):
+        prompt_ids[i, length - len(ids):] = torch.tensor(ids)
+        prompt_mask[i, length - len(ids):] = 1
+        mm[i, length - len(ids):] = torch.tensor(types)
+    device = rollouts.completion_ids.device
+    return {
+        "input_ids": torch.cat([prompt_ids.to(device), rollouts.completion_ids], dim=1),
+        "attention_mask": torch.cat([prompt_mask.to(device), rollouts.completion_mask], dim=1),
+        "mm_token_type_ids": torch.cat([mm.to(device), torch.zeros_like(rollouts.completion_ids)], dim=1),
+        "pixel_values": rollouts.pixel_values,
+        "image_grid_thw": rollouts.image_grid_thw,
+    }
+
+
+@torch.no_grad()
+def teacher_logits(teacher_model, inputs: dict, completion_len: int) -> torch.Tensor:
+    """[N, C, V] logits of the teacher at the completion positions (logits[:, t] scores token t)."""
+    was_training = teacher_model.training
+    teacher_model.eval()
+    try:
+        out = teacher_model(**inputs, logits_to_keep=completion_len + 1, use_cache=False)
+    finally:
+        teacher_model.train(was_training)
+    return out.logits[:, :-1]

@@ -1,0 +1,81 @@
+"""VISD inside the training loop: lambda = 0 is exactly GRPO, the teacher and judge stop when lambda is
+0 for good, checkpoints carry the teacher and the schedule, feedback reaches the privileged block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
+
+from visd_exp.train import train
+
+
+def run(cache_dir, out_dir, *overrides):
+    cfg = compose_train(FAST + shared_paths(cache_dir, out_dir) + [f"paths.output_dir={out_dir}", "logger=csv",
+                                                                   "trainer.max_steps=3", *overrides])
+    train(cfg)
+    return out_dir
+
+
+def test_lambda_zero_is_exactly_grpo(cache_dir, tmp_path, monkeypatch):
+    import visd_exp.module as module
+
+    calls = []
+    monkeypatch.setattr(module, "teacher_logits", lambda *a, **k: calls.append(1))
+    grpo = run(cache_dir, tmp_path / "grpo", "+experiment=grpo")
+    visd0 = run(cache_dir, tmp_path / "visd0", "+experiment=ema_topk", "schedule=constant", "schedule.value=0.0")
+    assert calls == []  # no teacher replay at all
+    a, b = load_file(grpo / "hf_model/model.safetensors"), load_file(visd0 / "hf_model/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a, rows_b = read_metrics(grpo), read_metrics(visd0)
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    assert all(float(r["timing/teacher"]) == 0.0 and r["credit/weight_mean"] == "nan" for r in rows_b)
+
+
+def test_teacher_and_judge_stop_when_lambda_reaches_zero(cache_dir, tmp_path):
+    out = run(cache_dir, tmp_path, "+experiment=ema_topk", "schedule.steps=2", "trainer.max_steps=4")
+    rows = read_metrics(out)
+    assert [float(r["lambda"]) for r in rows] == pytest.approx([0.5, 0.25, 0.0, 0.0])
+    assert all(r["timing/teacher"] != "" and r["credit/weight_mean"] != "" for r in rows[:2])
+    # afterwards the step is a GRPO step: no teacher time, credit metrics not applicable (nan, not stale)
+    assert all(float(r["timing/teacher"]) == 0.0 and r["credit/weight_mean"] == "nan" for r in rows[2:])
+    for r in rows[:2]:  # m_t is bounded by eps_w = 0.2 (Eq. 6)
+        assert 0.8 - 1e-6 <= float(r["credit/weight_mean"]) <= 1.2 + 1e-6
+
+
+def test_checkpoint_holds_teacher_and_schedule(cache_dir, tmp_path):
+    out = run(cache_dir, tmp_path, "+experiment=sync10_topk", "teacher.every_n_steps=2")
+    ckpt = torch.load(out / "checkpoints/last.ckpt", weights_only=False)
+    teacher_keys = [k for k in ckpt["state_dict"] if k.startswith("teacher.copy.")]
+    assert teacher_keys
+    step = ckpt["global_step"]
+    assert step == 2  # every_n_train_steps=2 in FAST
+    states = [v for k, v in ckpt["callbacks"].items() if k.startswith("LambdaSchedule")]
+    assert states and states[0]["lam"] == pytest.approx(0.5 * (1 - (step - 1) / 600))  # set before batch step-1
+    # sync every 2 steps: at step 2 the copy equals the student; after step 3 the student has moved on
+    student_w = ckpt["state_dict"]["model.model.language_model.embed_tokens.weight"]
+    teacher_w = ckpt["state_dict"]["teacher.copy.model.language_model.embed_tokens.weight"]
+    assert torch.equal(teacher_w, student_w)
+    final = load_file(out / "hf_model/model.safetensors")["model.embed_tokens.weight"]  # HF's saved name
+    assert not torch.equal(teacher_w, final)
+
+
+@pytest.mark.parametrize("judge", ["rule", "none"])
+def test_feedback_reaches_the_privileged_block(cache_dir, tmp_path, monkeypatch, judge):
+    import visd_exp.module as module
+
+    seen = []
+    original = module.privileged_block
+
+    def spy(answer, evidence, feedback):
+        seen.append(feedback)
+        return original(answer, evidence, feedback)
+
+    monkeypatch.setattr(module, "privileged_block", spy)
+    run(cache_dir, tmp_path, "+experiment=ema_topk", f"judge={judge}", "trainer.max_steps=1")
+    assert seen
+    if judge == "rule":
+        assert all(isinstance(f, str) and f for f in seen)
+    else:
+        assert all(f is None for f in seen)
