@@ -134,6 +134,61 @@ def bench_faults() -> dict:
     }
 
 
+def bench_training_with_faults(steps: int = 20) -> dict:
+    """A 20-step VISD training run (tiny default) against the served judge with 30% injected 500/429s.
+
+    Every fault must be accounted for: each injected error is either retried or ends in a fallback,
+    so server errors <= judge retries + fallbacks, and the judge's HTTP attempts equal the server's.
+    """
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from visd_exp.train import train
+
+    root = Path(__file__).resolve().parents[1]
+    server, thread, url = start_server("127.0.0.1", 0, error_rate=0.3, error_codes=(500, 429), retry_after=0.2)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(root / "conf"), version_base="1.3"):
+            cfg = compose(
+                "train",
+                [
+                    "+experiment=ema_topk",
+                    "judge=openai",
+                    f"judge.base_url={url}",
+                    "judge.api_key_required=false",
+                    "judge.cache_dir=null",
+                    "judge.backoff_max=1.0",
+                    f"trainer.max_steps={steps}",
+                    "logger=csv",
+                    "callbacks.progress_bar=null",
+                    f"paths.output_dir={tmp}",
+                ],
+            )
+            t0 = time.perf_counter()
+            train(cfg)
+            wall = time.perf_counter() - t0
+            import csv
+
+            with open(Path(tmp) / "csv" / "version_0" / "metrics.csv") as handle:
+                rows = list(csv.DictReader(handle))
+    finally:
+        stop(server, thread)
+    total = {k: sum(float(r[k]) for r in rows) for k in ("judge/requests", "judge/retries", "judge/items")}
+    fallbacks = sum(float(r["judge/fallback_rate"]) * float(r["judge/items"]) for r in rows)
+    return {
+        "steps_completed": len(rows),
+        "wall_s": round(wall, 2),
+        "server": dict(server.stats),
+        "judge_requests": int(total["judge/requests"]),
+        "judge_retries": int(total["judge/retries"]),
+        "judge_items": int(total["judge/items"]),
+        "judge_fallbacks": round(fallbacks),
+        "every_request_counted": int(total["judge/requests"]) == server.stats["chat"],
+        "every_fault_counted": server.stats["errors"] <= total["judge/retries"] + round(fallbacks),
+    }
+
+
 def bench_rule() -> dict:
     judge = RuleJudge()
     items = make_items(N_RULE)
@@ -159,6 +214,7 @@ def main() -> None:
         "http_concurrent": bench_http(),
         "http_faults": bench_faults(),
         "rule_throughput": bench_rule(),
+        "training_with_30pct_faults": bench_training_with_faults(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

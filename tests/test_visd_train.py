@@ -79,3 +79,28 @@ def test_feedback_reaches_the_privileged_block(cache_dir, tmp_path, monkeypatch,
         assert all(isinstance(f, str) and f for f in seen)
     else:
         assert all(f is None for f in seen)
+
+
+def test_six_experiment_multirun_writes_the_summary(cache_dir, tmp_path):
+    """Acceptance: the six experiments in one multirun directory, with a Table-5-style summary."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "visd_exp.train", "-m",
+           "+experiment=ema_topk,no_feedback,current_topk,sync10_topk,ema_sampled,grpo", "seed=0",
+           "trainer.max_steps=2", "logger=csv"]
+    cmd += [o for o in FAST if not o.startswith("trainer.max_steps")] + shared_paths(cache_dir, tmp_path)
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    with open(sweep / "summary.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert sorted(r["experiment"] for r in table) == sorted(
+        ["ema_topk", "no_feedback", "current_topk", "sync10_topk", "ema_sampled", "grpo"])
+    assert all(r["reward"] != "nan" and r["grad_norm"] != "nan" for r in table)
+    assert "| Setting | Reward | Acc |" in (sweep / "summary.md").read_text()
