@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -147,6 +148,10 @@ class VISDModule(L.LightningModule):
             weights = credit.token_weights(delta, advantages, self.cfg.credit.eps_w)  # m_t, Eq. 5-6
             token_advantages = credit.token_advantages(advantages, weights, self.lam)  # A^_t, Eq. 7
             credit_metrics = credit.credit_stats(delta, weights, mask.bool(), self.cfg.credit.eps_w)
+            if self.dump_due():
+                with watch("dump"):
+                    self.dump_credit(batch, rollouts, samples, feedback, scores, advantages, t_logits, delta,
+                                     weights, token_advantages)
         else:
             token_advantages = advantages[:, None].expand_as(mask)
 
@@ -227,6 +232,36 @@ class VISDModule(L.LightningModule):
         grids = [grid for grid in batch["image_grid_thw"] for _ in range(G)]
         inputs = teacher_inputs(self.processor, rollouts, samples, blocks, grids)
         return teacher_logits(self.teacher.model(self.model), inputs, rollouts.completion_ids.shape[1])
+
+    def dump_due(self) -> bool:
+        every = int((self.cfg.get("dumps") or {}).get("credit_every_n_steps") or 0)
+        return every > 0 and self.global_step % every == 0 and self.trainer is not None
+
+    @torch.no_grad()
+    def dump_credit(self, batch, rollouts, samples, feedback, scores, advantages, t_logits, delta, weights,
+                    token_advantages) -> None:
+        """Save Delta under the feedback and answer-only teachers for M rollouts (Eq. 29-31)."""
+        from visd_exp.teacher.dump import judge_log_ratio, write_credit_dump
+
+        m = min(int(self.cfg.dumps.num_rollouts), rollouts.num_rollouts)
+        rows = slice(0, m)
+        answer_only = self.replay_teacher(batch, rollouts, samples, [None] * len(samples))  # r = (a*, e)
+        tokens = rollouts.completion_ids.masked_fill(rollouts.completion_mask == 0, -100)
+        temperature = self.cfg.algorithm.temperature
+        d_judge = judge_log_ratio(t_logits[rows] / temperature, answer_only[rows] / temperature, tokens[rows],
+                                  self.cfg.credit)
+        meta = [
+            {"id": s.get("id"), "task": s["task"], "question": s["question"], "answer": s["answer"],
+             "feedback": f, "completion": text, "reward": sc["total"], "advantage": float(a)}
+            for s, f, text, sc, a in zip(samples[rows], feedback[rows], rollouts.texts[rows], scores[rows],
+                                         advantages[rows])
+        ]
+        write_credit_dump(
+            Path(self.cfg.paths.output_dir), self.global_step, self.lam, self.cfg.credit, self.processor.tokenizer,
+            {"token_ids": rollouts.completion_ids[rows], "mask": rollouts.completion_mask[rows],
+             "delta_feedback": delta[rows], "delta_judge": d_judge, "weight": weights[rows],
+             "token_advantage": token_advantages[rows], "meta": meta},
+        )
 
     def token_log_ratio(self, t_logits, s_logits, tokens, mask) -> torch.Tensor:
         """Delta_t per the `credit` group; padding positions get token id -100 (Delta = 0 there)."""

@@ -24,6 +24,8 @@ TASK_INSTRUCTIONS = {
     "free_form": "Answer in a few words.",
     "numerical": "Answer with a number.",
     "regression": "Answer with a number.",
+    "vstar_what_when_where": "Answer: colour; From <t>start</t>s to <t>end</t>s; <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s.",
+    "vstar_what_where_when": "Answer: colour; <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s; From <t>start</t>s to <t>end</t>s.",
 }
 
 

@@ -36,8 +36,10 @@ from tqdm import tqdm
 
 from visd_exp.data.synthetic_render import BACKGROUND, COLOURS, ENCODER, Track, encode_mp4, render_frames
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TASKS = ("temporal_grounding", "spatio_temporal_grounding", "multiple_choice", "free_form")
+# V-STAR-style chained questions (what-when-where, what-where-when), evaluation only: test split.
+CHAINS = {"vstar_what_when_where": ("what", "when", "where"), "vstar_what_where_when": ("what", "where", "when")}
 SPLITS = ("train", "val", "test")
 DIRECTIONS = ("left", "right", "up", "down")
 SHAPES = ("square", "circle")
@@ -312,6 +314,44 @@ def build_records(
     return records
 
 
+def build_chain_records(video_id: str, video_path: str, scene: Scene, d: Difficulty) -> list[dict]:
+    """V-STAR's two reasoning chains as ordered three-part questions about the queried object:
+    what (its colour), when (its visible span), where (its boxes at the key frames)."""
+    target = scene.target
+    times = key_times(target, d)
+    frames = [{"idx": round(t * d.fps), "time": t} for t in times]
+    boxes = [target.box(t) for t in times]
+    parts = {
+        "what": (f"What colour is the {target.shape} that moves {target.direction}?", target.colour),
+        "when": ("When is it visible?", f"From <t>{format_time(target.start)}</t>s to <t>{format_time(target.end)}</t>s"),
+        "where": ("Where is it at the key moments?", " ".join(grounded_claim(target.name, b, t) for b, t in zip(boxes, times))),
+    }
+    records = []
+    for task, order in CHAINS.items():
+        questions = " ".join(f"({i + 1}) {parts[p][0]}" for i, p in enumerate(order))
+        answer = "; ".join(parts[p][1] for p in order)
+        records.append(
+            {
+                "id": f"{video_id}_{task}",
+                "task": task,
+                "source": "synthetic",
+                "video_path": video_path,
+                "question": f"Answer in order, separated by semicolons: {questions}",
+                "options": None,
+                "answer": answer,
+                "chain": list(order),
+                "what": target.colour,
+                "segment": [target.start, target.end],
+                "key_frames": frames,
+                "key_items": {str(f["idx"]): {target.name: [b]} for f, b in zip(frames, boxes)},
+                "image_size": list(d.frame_size),
+                "duration": float(d.duration),
+                "reasoning_process": f"<think>{parts['where'][1]}</think><answer>{answer}</answer>",
+            }
+        )
+    return records
+
+
 def _direction_question(target: Track, letter_pos: int, others: list[str]):
     """Multiple choice on the direction of motion; the right option sits at `letter_pos`."""
     choices = others[:letter_pos] + [target.direction] + others[letter_pos:]
@@ -394,6 +434,8 @@ def generate(
         encode_mp4(frames, out_dir / "videos" / f"{video_id}.mp4", d.fps)
         rng = np.random.default_rng([seed, idx, 2])
         records[split_of[idx]] += build_records(video_id, f"videos/{video_id}.mp4", scene, d, params["tasks"], rng)
+        if split_of[idx] == "test":
+            records["test"] += build_chain_records(video_id, f"videos/{video_id}.mp4", scene, d)
     for split, recs in records.items():
         _write_text(out_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
     manifest = {

@@ -74,12 +74,13 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
     was_training = model.training
     model.eval()
     try:
+        sampling = {"do_sample": False}  # greedy (evaluation)
+        if cfg.get("do_sample", True):
+            # transformers defaults top_k to 50: 0 disables it
+            sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.get("top_k", 0)}
         out = model.generate(
             **inputs,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.get("top_k", 0),  # transformers defaults to 50: 0 disables it
+            **sampling,
             max_new_tokens=cfg.max_completion_length,
             suppress_tokens=suppress_token_ids,
             eos_token_id=tokenizer.eos_token_id,
@@ -93,7 +94,7 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
     completion_ids = out.sequences[:, prompt_len:]
     mask, truncated = completion_mask_from(completion_ids, tokenizer.eos_token_id)
     logits = torch.stack(out.logits, dim=1)  # raw logits, before temperature / top-p / suppression
-    old_logprobs = selective_log_softmax(logits, completion_ids, cfg.temperature) * mask
+    old_logprobs = selective_log_softmax(logits, completion_ids, cfg.get("temperature", 1.0)) * mask
     del logits, out
     # Tokens after the end token are padding: make them the pad id so decoding and replays ignore them.
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)

@@ -1,0 +1,110 @@
+"""Evaluation entry point: deterministic greedy decoding on a split or any JSONL, with a report.
+
+    python -m visd_exp.evaluate ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt
+    python -m visd_exp.evaluate model_dir=logs/train/runs/<time>/hf_model data_file=/data/test.jsonl
+    python -m visd_exp.evaluate                       # the tiny default model as configured
+
+Writes report.json, report.md and predictions.jsonl into logs/evaluate/runs/<time>/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from visd_exp.utils.setup import find_project_root
+
+os.environ.setdefault("PROJECT_ROOT", str(find_project_root()))
+log = logging.getLogger(__name__)
+
+
+def load_for_eval(cfg: DictConfig):
+    """(model, processor, description) from model_dir, a Lightning checkpoint, or the model group."""
+    from visd_exp.models import load_model_and_processor
+
+    if cfg.get("model_dir"):
+        model_cfg = OmegaConf.create({"pretrained_model_name_or_path": cfg.model_dir, "tiny": None,
+                                      "dtype": cfg.model.get("dtype", "float32"),
+                                      "attn_implementation": cfg.model.get("attn_implementation", "sdpa")})
+        model, processor = load_model_and_processor(model_cfg)
+        return model, processor, str(cfg.model_dir)
+    if cfg.get("ckpt_path"):
+        ckpt_path = Path(cfg.ckpt_path)
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint")
+        run_config = ckpt_path.parent.parent / "config_resolved.yaml"
+        # The architecture (and tiny build) of the run that wrote the checkpoint, when it is known.
+        run_cfg = OmegaConf.load(run_config) if run_config.is_file() else cfg
+        model, processor = load_model_and_processor(run_cfg.model, run_cfg.data)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+        student = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        model.load_state_dict(student)
+        return model, processor, str(ckpt_path)
+    model, processor = load_model_and_processor(cfg.model, cfg.data)
+    return model, processor, "model group: " + str(cfg.model.get("pretrained_model_name_or_path") or "tiny")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from visd_exp.data.datamodule import VideoQADataModule, collate_prompts
+    from visd_exp.evaluation import markdown_report, score_prediction, summarize_predictions
+    from visd_exp.models import vision_token_ids
+    from visd_exp.rollout.generation import generate_rollouts
+    from visd_exp.utils.setup import quiet_known_warnings
+
+    quiet_known_warnings()
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, processor, source = load_for_eval(cfg)
+    model.eval()
+
+    data_cfg = cfg.data.copy()
+    split = cfg.split
+    if cfg.get("data_file"):
+        data_cfg.test_file, split = cfg.data_file, "test"
+    for other in ("train", "val", "test"):
+        if other != split:
+            data_cfg[f"{other}_file"] = None
+    datamodule = VideoQADataModule(data_cfg, processor)
+    datamodule.prepare_data()
+    dataset = datamodule.build_split(split)
+    if cfg.get("max_samples"):
+        dataset.records, dataset.plans = dataset.records[: cfg.max_samples], dataset.plans[: cfg.max_samples]
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
+                        collate_fn=lambda items: collate_prompts(items, processor.tokenizer.pad_token_id))
+    greedy = OmegaConf.create({"num_generations": 1, "do_sample": False,
+                               "max_completion_length": cfg.max_completion_length})
+    suppress = vision_token_ids(processor.tokenizer)
+    rows = []
+    with open(out_dir / "predictions.jsonl", "w") as handle:
+        for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch"):
+            rollouts = generate_rollouts(model, processor, batch, greedy, suppress)
+            for text, sample in zip(rollouts.texts, batch["samples"]):
+                row = score_prediction(text, sample)
+                rows.append(row)
+                handle.write(json.dumps(row) + "\n")
+    report = {"model": source, "split": split, "data_file": data_cfg.get(f"{split}_file"),
+              **summarize_predictions(rows)}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(markdown_report(report, f"Evaluation of {source} on {split}"))
+    log.info("report: %s", out_dir / "report.md")
+    print((out_dir / "report.md").read_text())
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate.yaml")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
