@@ -13,11 +13,13 @@ Optimisation is manual so that every stage is visible here and timed as `timing/
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from visd_exp import credit
@@ -53,6 +55,18 @@ class Stopwatch:
         return _Span()
 
 
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state as tensors and numbers (checkpoints load with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def set_numpy_rng_state(state: dict) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
 def token_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
     """Mean entropy of the policy over valid completion positions (row by row, no grad)."""
     total, count = 0.0, mask.sum().item()
@@ -78,6 +92,10 @@ class VISDModule(L.LightningModule):
         self.lam = 0.0  # set before every batch by LambdaSchedule
         self.teacher_active = self.teacher is not None
         self.stepped = False  # whether the last training_step took an optimizer step
+        self.batches_seen = 0  # data position, saved in checkpoints (exact resume)
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self.skipped_videos = 0  # videos that failed to decode during training
+        self.consecutive_skips = 0
 
     def configure_callbacks(self):
         # Part of the method, not of the logging set-up: always present, whatever `callbacks` holds.
@@ -112,11 +130,36 @@ class VISDModule(L.LightningModule):
         return min(1.0, self.global_step / max_steps)
 
     # -- the step -----------------------------------------------------------------------------------
+    # -- exact resume: RNG states and the data position travel in the checkpoint ----------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["visd_state"] = {
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_rng_state()},
+            "batches_seen": self.batches_seen,
+            "skipped_steps": self.skipped_steps,
+            "skipped_videos": self.skipped_videos,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("visd_state")
+        if state is None:
+            return
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        set_numpy_rng_state(state["rng"]["numpy"])
+        self.batches_seen = state["batches_seen"]
+        self.skipped_steps, self.skipped_videos = state["skipped_steps"], state["skipped_videos"]
+
     def training_step(self, batch, batch_idx):
         algo = self.cfg.algorithm
         watch = Stopwatch()
         step_start = time.perf_counter()
         G = algo.num_generations
+        self.batches_seen += 1
+        self.stepped = False
+        self.skipped_videos += batch.get("skipped_videos", 0)
+        if not batch["samples"]:  # every video of the batch failed to decode
+            self.log("data/skipped_videos", float(self.skipped_videos), on_step=True, batch_size=1)
+            return None
 
         # Step 1: on-policy rollouts from the old policy (Algorithm 1, line 7).
         with watch("rollout"):
@@ -163,9 +206,17 @@ class VISDModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            self.stepped = True
+            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+                optimizer.step()
+                scheduler.step()
+                self.stepped, self.consecutive_skips = True, 0
+            else:  # a non-finite loss or gradient: drop this update, keep training
+                optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                self.consecutive_skips += 1
+                if self.consecutive_skips > int(self.cfg.optim.get("max_consecutive_skips", 20)):
+                    raise RuntimeError(f"{self.consecutive_skips} optimizer steps in a row had a non-finite "
+                                       "loss or gradient; stopping (optim.max_consecutive_skips)")
 
         with torch.no_grad():
             ratio = torch.exp(logprobs.detach() - rollouts.old_logprobs)
@@ -188,6 +239,8 @@ class VISDModule(L.LightningModule):
             "lr": scheduler.get_last_lr()[0],
             "progress": self.training_progress(),
             "lambda": self.lam,
+            "train/skipped_steps": self.skipped_steps,
+            "data/skipped_videos": self.skipped_videos,
             **credit_metrics,
         }
         for name in COMPONENTS:

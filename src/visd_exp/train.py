@@ -27,10 +27,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from visd_exp.data.datamodule import VideoQADataModule
     from visd_exp.models import load_model_and_processor
     from visd_exp.module import VISDModule
-    from visd_exp.utils.setup import build_callbacks, build_loggers, quiet_known_warnings, save_run_config
+    from visd_exp.utils.setup import (
+        build_callbacks,
+        build_loggers,
+        check_writable,
+        quiet_known_warnings,
+        resolve_ckpt_path,
+        save_run_config,
+    )
 
     quiet_known_warnings()
     output_dir = Path(cfg.paths.output_dir)
+    check_writable(output_dir)
     save_run_config(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -38,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = VideoQADataModule(cfg.data, processor)
     module = VISDModule(model, processor, cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("save_hf_model", True):

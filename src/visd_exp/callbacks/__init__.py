@@ -2,5 +2,6 @@
 
 from visd_exp.callbacks.lambda_schedule import LambdaSchedule, lambda_at
 from visd_exp.callbacks.teacher_update import TeacherUpdate
+from visd_exp.callbacks.validation import ValidationCallback
 
-__all__ = ["LambdaSchedule", "TeacherUpdate", "lambda_at"]
+__all__ = ["LambdaSchedule", "TeacherUpdate", "ValidationCallback", "lambda_at"]

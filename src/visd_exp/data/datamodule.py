@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from visd_exp.data.frames import PATCH_FACTOR, FramePlan, decode_frames, plan_frames, probe_video
+from visd_exp.data.frames import PATCH_FACTOR, FramePlan, VideoDecodeError, decode_frames, plan_frames, probe_video
 from visd_exp.data.prompts import build_messages
 from visd_exp.data.records import load_records
 
@@ -66,7 +66,11 @@ class VideoQADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record, plan = self.records[index], self.plans[index]
-        frames = decode_frames(record["video_path"], plan)
+        try:
+            frames = decode_frames(record["video_path"], plan)
+        except VideoDecodeError as exc:  # became unreadable after validation: skip it, never crash the run
+            log.warning("skipping %s: %s", record.get("_where", record["id"]), exc)
+            return {"skipped": record["video_path"]}
         text = prompt_text(self.processor, record, plan)
         sample = {
             **record,
@@ -78,7 +82,14 @@ class VideoQADataset(Dataset):
 
 
 def collate_prompts(items: list[dict], pad_token_id: int) -> dict:
-    """Left-pad prompts into one batch; pixel values stay per item (rollouts repeat them per generation)."""
+    """Left-pad prompts into one batch; pixel values stay per item (rollouts repeat them per generation).
+
+    Items whose video could not be decoded are dropped and counted in `skipped_videos`.
+    """
+    skipped = sum("skipped" in item for item in items)
+    items = [item for item in items if "skipped" not in item]
+    if not items:
+        return {"samples": [], "skipped_videos": skipped}
     length = max(item["input_ids"].shape[1] for item in items)
 
     def left_pad(key: str, value: int) -> torch.Tensor:
@@ -97,7 +108,35 @@ def collate_prompts(items: list[dict], pad_token_id: int) -> dict:
         "samples": [item["sample"] for item in items],
         "frames": [item["frames"] for item in items],
         "texts": [item["text"] for item in items],
+        "skipped_videos": skipped,
     }
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """A seeded shuffle per epoch that can start part-way into an epoch: exact resume of the data order.
+
+    The permutation of epoch e depends only on (seed, e); `start(batches_seen)` positions the next
+    iteration after that many batches (drop_last batching), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int):
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.batches_per_epoch = max(1, num_samples // batch_size)
+        self.epoch, self.offset = 0, 0
+
+    def start(self, batches_seen: int) -> None:
+        self.epoch, rest = divmod(int(batches_seen), self.batches_per_epoch)
+        self.offset = rest * self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        offset, self.offset = self.offset, 0
+        self.epoch += 1
+        yield from order[offset:]
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class VideoQADataModule(L.LightningDataModule):
@@ -109,6 +148,14 @@ class VideoQADataModule(L.LightningDataModule):
         self.processor = processor
         self.datasets: dict[str, VideoQADataset] = {}
         self.stats: dict[str, float] = {}
+        self.batches_seen = 0  # training batches consumed: the data position saved in checkpoints
+
+    def state_dict(self) -> dict:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return {"batches_seen": getattr(module, "batches_seen", self.batches_seen)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.batches_seen = int(state_dict["batches_seen"])
 
     def prepare_data(self) -> None:
         synthetic = self.cfg.get("synthetic")
@@ -131,7 +178,7 @@ class VideoQADataModule(L.LightningDataModule):
         path = self.cfg.get(f"{split}_file")
         if not path:
             return None
-        records = load_records(path)
+        records = self.read_records(split, path)
         if self.cfg.get("tasks"):
             records = [r for r in records if r["task"] in set(self.cfg.tasks)]
         kept, plans, dropped = [], [], 0
@@ -152,6 +199,23 @@ class VideoQADataModule(L.LightningDataModule):
             raise ValueError(f"{path}: no usable records (all {len(records)} dropped or filtered)")
         return VideoQADataset(kept, plans, self.processor)
 
+    def read_records(self, split: str, path: str) -> list[dict]:
+        """Records of a split file, after validation: strict stops on any problem (all listed, with
+        file:line: field), lenient drops bad lines and counts them (data/skipped), off only parses."""
+        mode = self.cfg.get("validation", "strict")
+        if mode == "off":
+            return load_records(path)
+        from visd_exp.data.validate import DataValidationError, load_valid_records
+
+        records, report = load_valid_records(path, max_problems=int(self.cfg.get("max_problems", 50)))
+        if report.problems and mode == "strict":
+            raise DataValidationError(report)
+        for problem in report.problems:
+            log.warning("skipping %s", problem)
+        self.stats[f"data/{split}_skipped"] = report.skipped
+        self.stats["data/skipped"] = self.stats.get("data/skipped", 0) + report.skipped
+        return records
+
     def setup(self, stage: str | None = None) -> None:
         for split in ("train", "val", "test"):
             if split not in self.datasets and (dataset := self.build_split(split)) is not None:
@@ -159,15 +223,21 @@ class VideoQADataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         pad = self.processor.tokenizer.pad_token_id
-        generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        sampler = None
+        if shuffle:
+            sampler = ResumableSampler(len(self.datasets[split]), self.cfg.batch_size, int(self.cfg.get("seed", 0)))
+            sampler.start(self.batches_seen)
+            self.train_sampler = sampler
         return DataLoader(
             self.datasets[split],
             batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            shuffle=False,
             drop_last=shuffle,
             num_workers=self.cfg.num_workers,
             collate_fn=functools.partial(collate_prompts, pad_token_id=pad),
-            generator=generator,
+            # Its own generator: creating an iterator must not draw from the global RNG (exact resume).
+            generator=torch.Generator().manual_seed(int(self.cfg.get("seed", 0))),
             persistent_workers=self.cfg.num_workers > 0,
         )
 

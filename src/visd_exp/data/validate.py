@@ -458,6 +458,20 @@ def load_valid_records(
     return records, report
 
 
+class DataValidationError(ValueError):
+    """Strict validation failed: the message lists every problem (up to the cap), one per line."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        lines = [str(p) for p in report.problems]
+        if report.truncated:
+            lines.append(f"... and {report.omitted} more")
+        super().__init__(
+            f"{report.path}: {report.num_problems} problem(s) in {report.total} records "
+            "(data.validation=lenient skips bad records instead):\n" + "\n".join(lines)
+        )
+
+
 # ----------------------------------------------------------------------------- command line
 
 

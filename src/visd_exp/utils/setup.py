@@ -34,6 +34,37 @@ def find_project_root(start: Path | None = None) -> Path:
     return Path.cwd()
 
 
+def check_writable(output_dir: Path) -> None:
+    """Fail at start, with the path in the message, when the run directory cannot be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SystemExit(f"cannot write the run directory {output_dir}: {exc.strerror or exc}") from None
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path`: a path, or "last" = this run directory's last.ckpt, else the newest run's of this task."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt != "last":
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise SystemExit(f"ckpt_path={ckpt}: no such checkpoint")
+        return ckpt
+    own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        return str(own)
+    runs = Path(cfg.paths.log_dir) / cfg.task_name
+    candidates = sorted(runs.glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    candidates += sorted(runs.glob("*/*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise SystemExit(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    print(f"resuming from {newest}")
+    return str(newest)
+
+
 def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
     """The resolved config next to the run's logs (Hydra also keeps the unresolved one in .hydra/)."""
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,62 @@
+"""Greedy validation on the val split every N optimizer steps, logged as val/* at that step.
+
+Metrics go straight to the loggers (not through `self.log`), so a row without validation does not
+repeat the last val/* values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+
+def flatten(report: dict, prefix: str = "val") -> dict[str, float]:
+    out = {}
+    for key, value in report.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+class ValidationCallback(L.Callback):
+    def __init__(self, every_n_steps: int = 50, max_samples: int = 32, max_completion_length: int = 160):
+        self.every_n_steps, self.max_samples = int(every_n_steps), int(max_samples)
+        self.greedy = OmegaConf.create(
+            {"num_generations": 1, "do_sample": False, "max_completion_length": int(max_completion_length)}
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step % self.every_n_steps or trainer.datamodule is None:
+            return
+        if "val" not in trainer.datamodule.datasets:
+            return
+        metrics = self.validate(trainer, pl_module)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    @torch.no_grad()
+    def validate(self, trainer, pl_module) -> dict[str, float]:
+        from visd_exp.evaluation import score_prediction, summarize_predictions
+        from visd_exp.rollout.generation import generate_rollouts
+
+        loader = trainer.datamodule.val_dataloader()
+        batches = math.ceil(self.max_samples / loader.batch_size)
+        # Sampling state must not leak into training: validation uses greedy decoding and restores RNG.
+        rng = torch.get_rng_state()
+        rows = []
+        for batch in itertools.islice(loader, batches):
+            rollouts = generate_rollouts(pl_module.model, pl_module.processor, batch, self.greedy,
+                                         pl_module.suppress_ids)
+            rows += [score_prediction(t, s) for t, s in zip(rollouts.texts, batch["samples"])]
+        torch.set_rng_state(rng)
+        report = summarize_predictions(rows[: self.max_samples])
+        report.pop("tasks", None)
+        return {k: v for k, v in flatten(report).items() if not math.isnan(v)}
