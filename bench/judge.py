@@ -147,9 +147,14 @@ def bench_training_with_faults(steps: int = 20) -> dict:
     from visd_exp.train import train
 
     root = Path(__file__).resolve().parents[1]
-    server, thread, url = start_server("127.0.0.1", 0, error_rate=0.3, error_codes=(500, 429), retry_after=0.2)
+    server, thread, url = start_server(
+        "127.0.0.1", 0, error_rate=0.3, error_codes=(500, 429), retry_after=0.2
+    )
     try:
-        with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            initialize_config_dir(str(root / "conf"), version_base="1.3"),
+        ):
             cfg = compose(
                 "train",
                 [

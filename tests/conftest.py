@@ -35,7 +35,9 @@ def tiny(cache_dir):
     return model, processor
 
 
-def write_square_video(path: Path, seconds: int = 8, fps: int = 4, size: int = 56, visible=(2.0, 5.0)) -> Path:
+def write_square_video(
+    path: Path, seconds: int = 8, fps: int = 4, size: int = 56, visible=(2.0, 5.0)
+) -> Path:
     """A real h264 mp4: a red 24 px square visible during `visible` (inclusive), black elsewhere."""
     import torch
     from torchcodec.encoders import VideoEncoder

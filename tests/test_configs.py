@@ -31,7 +31,10 @@ def test_experiments_compose_and_only_compose(experiment):
 
 
 def test_experiment_settings():
-    assert composed("+experiment=grpo").teacher.name == "none" and composed("+experiment=grpo").schedule.value == 0
+    assert (
+        composed("+experiment=grpo").teacher.name == "none"
+        and composed("+experiment=grpo").schedule.value == 0
+    )
     assert composed("+experiment=no_feedback").judge.name == "none"
     assert composed("+experiment=sync10_topk").teacher.every_n_steps == 10
     assert composed("+experiment=ema_sampled").credit.name == "sampled_token"
@@ -40,8 +43,23 @@ def test_experiment_settings():
     assert (main.schedule.start, main.schedule.end, main.schedule.steps) == (0.5, 0.0, 600)
 
 
-@pytest.mark.parametrize("group", ["data", "model", "algorithm", "reward", "judge", "teacher", "credit", "schedule",
-                                   "trainer", "logger", "callbacks", "debug"])
+@pytest.mark.parametrize(
+    "group",
+    [
+        "data",
+        "model",
+        "algorithm",
+        "reward",
+        "judge",
+        "teacher",
+        "credit",
+        "schedule",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+    ],
+)
 def test_every_group_option_composes(group):
     for option in options(group):
         cfg = composed(f"{group}={option}")

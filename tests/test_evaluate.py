@@ -12,11 +12,18 @@ import pytest
 
 from visd_exp.evaluation import score_prediction, summarize_predictions
 
-SEG = {"segment": [2.0, 6.0], "image_size": [56, 56], "frame_size": [56, 56], "duration": 8.0,
-       "key_frames": [{"idx": 8, "time": 2.0}, {"idx": 24, "time": 6.0}],
-       "key_items": {"8": {"red square": [[0, 0, 20, 20]]}, "24": {"red square": [[10, 10, 30, 30]]}}}
-GOOD_WHERE = ("<obj>red square</obj><box>[0,0,20,20]</box>at<t>2.0</t>s "
-              "<obj>red square</obj><box>[10,10,30,30]</box>at<t>6.0</t>s")
+SEG = {
+    "segment": [2.0, 6.0],
+    "image_size": [56, 56],
+    "frame_size": [56, 56],
+    "duration": 8.0,
+    "key_frames": [{"idx": 8, "time": 2.0}, {"idx": 24, "time": 6.0}],
+    "key_items": {"8": {"red square": [[0, 0, 20, 20]]}, "24": {"red square": [[10, 10, 30, 30]]}},
+}
+GOOD_WHERE = (
+    "<obj>red square</obj><box>[0,0,20,20]</box>at<t>2.0</t>s "
+    "<obj>red square</obj><box>[10,10,30,30]</box>at<t>6.0</t>s"
+)
 
 
 def rec(task, answer, **extra):
@@ -28,26 +35,35 @@ def answer(text):
 
 
 def test_per_task_scores_by_hand():
-    tg = score_prediction(answer("From <t>4.0</t>s to <t>8.0</t>s"), rec("temporal_grounding", "From <t>2.0</t>s to <t>6.0</t>s"))
+    tg = score_prediction(
+        answer("From <t>4.0</t>s to <t>8.0</t>s"),
+        rec("temporal_grounding", "From <t>2.0</t>s to <t>6.0</t>s"),
+    )
     assert tg["tiou"] == pytest.approx(2 / 6)  # overlap [4,6] = 2, union [2,8] = 6
     mc = score_prediction(answer("(B)"), rec("multiple_choice", "B", options=["A. x", "B. y"]))
     assert mc["correct"] == 1.0
     ff = score_prediction(answer("Red."), rec("free_form", "red"))
     assert ff["correct"] == 1.0
-    st = score_prediction(answer("<obj>red square</obj><box>[0,0,20,10]</box>at<t>2.0</t>s"),
-                          rec("spatio_temporal_grounding", GOOD_WHERE))
+    st = score_prediction(
+        answer("<obj>red square</obj><box>[0,0,20,10]</box>at<t>2.0</t>s"),
+        rec("spatio_temporal_grounding", GOOD_WHERE),
+    )
     assert st["viou"] == pytest.approx((0.5 + 0.0) / 2)  # half the first box, the second key frame unclaimed
 
 
 def test_chains_and_vstar_by_hand():
     chain1 = {"chain": ["what", "when", "where"], "what": "red"}
     chain2 = {"chain": ["what", "where", "when"], "what": "red"}
-    perfect1 = score_prediction(answer(f"red; From <t>2.0</t>s to <t>6.0</t>s; {GOOD_WHERE}"),
-                                rec("vstar_what_when_where", "", **chain1))
+    perfect1 = score_prediction(
+        answer(f"red; From <t>2.0</t>s to <t>6.0</t>s; {GOOD_WHERE}"),
+        rec("vstar_what_when_where", "", **chain1),
+    )
     assert (perfect1["acc"], perfect1["tiou"], perfect1["viou"]) == (1.0, 1.0, 1.0)
     # chain 2 answered in the wrong order: 'where' holds a span, 'when' holds boxes -> both 0; colour wrong
-    wrong2 = score_prediction(answer(f"blue; From <t>2.0</t>s to <t>6.0</t>s; {GOOD_WHERE}"),
-                              rec("vstar_what_where_when", "", **chain2))
+    wrong2 = score_prediction(
+        answer(f"blue; From <t>2.0</t>s to <t>6.0</t>s; {GOOD_WHERE}"),
+        rec("vstar_what_where_when", "", **chain2),
+    )
     assert (wrong2["acc"], wrong2["tiou"], wrong2["viou"]) == (0.0, 0.0, 0.0)
     truncated = score_prediction("<think>never finished", rec("vstar_what_when_where", "", **chain1))
     assert (truncated["acc"], truncated["tiou"], truncated["viou"]) == (0.0, 0.0, 0.0)
@@ -67,18 +83,30 @@ def test_summary_recall_at_iou_by_hand():
 
 
 def test_evaluate_command_on_a_training_checkpoint(cache_dir, tmp_path):
+    from conftest import PROJECT_ROOT
     from test_train_e2e import FAST, shared_paths
 
-    from conftest import PROJECT_ROOT
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    train = [sys.executable, "-m", "visd_exp.train", "trainer.max_steps=2", "logger=csv",
-             *[o for o in FAST if not o.startswith("trainer.max_steps")], *shared_paths(cache_dir, tmp_path)]
+    train = [
+        sys.executable,
+        "-m",
+        "visd_exp.train",
+        "trainer.max_steps=2",
+        "logger=csv",
+        *[o for o in FAST if not o.startswith("trainer.max_steps")],
+        *shared_paths(cache_dir, tmp_path),
+    ]
     assert subprocess.run(train, cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=600).returncode == 0
     (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
-    cmd = [sys.executable, "-m", "visd_exp.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-           "max_completion_length=48", *shared_paths(cache_dir, tmp_path),
-           "data.synthetic.num_videos=12"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "visd_exp.evaluate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "max_completion_length=48",
+        *shared_paths(cache_dir, tmp_path),
+        "data.synthetic.num_videos=12",
+    ]
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (out,) = list((tmp_path / "logs" / "evaluate" / "runs").iterdir())
@@ -87,5 +115,7 @@ def test_evaluate_command_on_a_training_checkpoint(cache_dir, tmp_path):
         assert key in report
     assert set(report["temporal"]) == {"mIoU", "R1@0.3", "R1@0.5", "R1@0.7"}
     assert {"mAM", "mLGM", "am_chain1", "am_chain2"} <= set(report["vstar"])
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == report["num_samples"] == 6  # 1 test video
+    assert (
+        len((out / "predictions.jsonl").read_text().splitlines()) == report["num_samples"] == 6
+    )  # 1 test video
     assert "| Acc |" in (out / "report.md").read_text()

@@ -15,7 +15,14 @@ from visd_exp.data.frames import (
 )
 
 DATA_CFG = OmegaConf.create(
-    {"fps": 1.0, "min_frames": 4, "max_frames": 16, "min_pixels": 3136, "max_pixels": 100352, "total_pixels": 401408}
+    {
+        "fps": 1.0,
+        "min_frames": 4,
+        "max_frames": 16,
+        "min_pixels": 3136,
+        "max_pixels": 100352,
+        "total_pixels": 401408,
+    }
 )
 
 

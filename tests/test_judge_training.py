@@ -4,8 +4,8 @@ never reaching logs, saved configs, checkpoints, wandb files or the judge cache.
 from __future__ import annotations
 
 import pytest
-from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
 
+from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
 from visd_exp.judge.serve import start_server, stop
 from visd_exp.train import train
 
@@ -19,12 +19,16 @@ def judge_server():
     stop(server, thread)
 
 
-def test_trains_against_the_served_judge_and_never_leaks_the_key(cache_dir, tmp_path, judge_server, monkeypatch):
+def test_trains_against_the_served_judge_and_never_leaks_the_key(
+    cache_dir, tmp_path, judge_server, monkeypatch
+):
     server, url = judge_server
     monkeypatch.setenv("VISD_TEST_JUDGE_KEY", FAKE_KEY)
     judge_cache = tmp_path / "judge_cache"
     cfg = compose_train(
-        FAST + shared_paths(cache_dir, tmp_path) + [
+        FAST
+        + shared_paths(cache_dir, tmp_path)
+        + [
             f"paths.output_dir={tmp_path / 'run'}",
             "+experiment=ema_topk",
             "judge=openai",

@@ -24,14 +24,22 @@ def make_batch(processor, video, frame_counts=(8, 5), questions=("When is it vis
     items = []
     for n_frames, question in zip(frame_counts, questions):
         cfg = OmegaConf.create(
-            {"fps": n_frames / 8.0, "min_frames": 1, "max_frames": 16, "min_pixels": 784,
-             "max_pixels": 100352, "total_pixels": 401408}
+            {
+                "fps": n_frames / 8.0,
+                "min_frames": 1,
+                "max_frames": 16,
+                "min_pixels": 784,
+                "max_pixels": 100352,
+                "total_pixels": 401408,
+            }
         )
         plan = plan_frames(probe_video(video), cfg)
         frames = decode_frames(video, plan)
         record = {"question": question, "task": "temporal_grounding"}
         text = prompt_text(processor, record, plan)
-        items.append({**encode_prompt(processor, text, frames), "sample": record, "frames": frames, "text": text})
+        items.append(
+            {**encode_prompt(processor, text, frames), "sample": record, "frames": frames, "text": text}
+        )
     return collate_prompts(items, processor.tokenizer.pad_token_id)
 
 

@@ -66,7 +66,11 @@ def test_messages_put_a_timestamp_before_each_frame():
     assert parts[0]["text"].startswith("The video is 8.0 seconds long")
     images = [i for i, p in enumerate(parts) if p["type"] == "image"]
     assert len(images) == 3
-    assert [parts[i - 1]["text"] for i in images] == ["Frame 1 at 0.0s:", "Frame 2 at 1.0s:", "Frame 3 at 2.5s:"]
+    assert [parts[i - 1]["text"] for i in images] == [
+        "Frame 1 at 0.0s:",
+        "Frame 2 at 1.0s:",
+        "Frame 3 at 2.5s:",
+    ]
     assert "From <t>start</t>s to <t>end</t>s" in parts[-1]["text"]
 
 
@@ -95,12 +99,26 @@ def test_datamodule_builds_batches(tiny, tmp_path, square_video):
 
 def test_collate_left_pads():
     items = [
-        {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
-         "mm_token_type_ids": torch.tensor([[0, 1, 0]]), "pixel_values": torch.zeros(4, 2),
-         "image_grid_thw": torch.tensor([[1, 2, 2]]), "sample": {}, "frames": None, "text": "a"},
-        {"input_ids": torch.tensor([[8]]), "attention_mask": torch.ones(1, 1, dtype=torch.long),
-         "mm_token_type_ids": torch.tensor([[0]]), "pixel_values": torch.zeros(4, 2),
-         "image_grid_thw": torch.tensor([[1, 2, 2]]), "sample": {}, "frames": None, "text": "b"},
+        {
+            "input_ids": torch.tensor([[5, 6, 7]]),
+            "attention_mask": torch.ones(1, 3, dtype=torch.long),
+            "mm_token_type_ids": torch.tensor([[0, 1, 0]]),
+            "pixel_values": torch.zeros(4, 2),
+            "image_grid_thw": torch.tensor([[1, 2, 2]]),
+            "sample": {},
+            "frames": None,
+            "text": "a",
+        },
+        {
+            "input_ids": torch.tensor([[8]]),
+            "attention_mask": torch.ones(1, 1, dtype=torch.long),
+            "mm_token_type_ids": torch.tensor([[0]]),
+            "pixel_values": torch.zeros(4, 2),
+            "image_grid_thw": torch.tensor([[1, 2, 2]]),
+            "sample": {},
+            "frames": None,
+            "text": "b",
+        },
     ]
     batch = collate_prompts(items, pad_token_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
@@ -110,7 +128,10 @@ def test_collate_left_pads():
 def test_over_long_prompts_are_dropped_and_counted(tiny, tmp_path, square_video):
     _, processor = tiny
     long_q = "word " * 400
-    records = [record("videos/square.mp4", id="short"), record("videos/square.mp4", id="long", question=long_q)]
+    records = [
+        record("videos/square.mp4", id="short"),
+        record("videos/square.mp4", id="long", question=long_q),
+    ]
     train = write_jsonl(tmp_path / "train.jsonl", records)
     dm = VideoQADataModule(data_cfg(train, max_prompt_length=400), processor)
     dm.setup("fit")

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import torch
-from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
 
 from conftest import PROJECT_ROOT
+from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
 from visd_exp.data.synthetic import generate
 from visd_exp.data.validate import DataValidationError
 from visd_exp.train import train
@@ -25,12 +25,24 @@ def small_data(tmp_path):
 
 def jsonl_run(cache_dir, tmp_path, train_file, *extra):
     fast = [o for o in FAST if not o.startswith("data.synthetic")]
-    return compose_train(fast + shared_paths(cache_dir, tmp_path) + [
-        f"paths.output_dir={tmp_path / 'run'}", "logger=csv", "data=jsonl", f"data.train_file={train_file}",
-        "data.fps=1.0", "+experiment=grpo", *extra])
+    return compose_train(
+        fast
+        + shared_paths(cache_dir, tmp_path)
+        + [
+            f"paths.output_dir={tmp_path / 'run'}",
+            "logger=csv",
+            "data=jsonl",
+            f"data.train_file={train_file}",
+            "data.fps=1.0",
+            "+experiment=grpo",
+            *extra,
+        ]
+    )
 
 
-def test_video_unreadable_after_validation_is_skipped_and_counted(cache_dir, tmp_path, small_data, monkeypatch):
+def test_video_unreadable_after_validation_is_skipped_and_counted(
+    cache_dir, tmp_path, small_data, monkeypatch
+):
     import visd_exp.data.datamodule as dm
 
     real = dm.decode_frames
@@ -77,7 +89,11 @@ def test_strict_validation_stops_before_training_listing_every_problem(cache_dir
     with pytest.raises(DataValidationError) as info:
         train(jsonl_run(cache_dir, tmp_path, path, "trainer.max_steps=1"))
     message = str(info.value)
-    assert f"{path}:1: segment" in message and f"{path}:2: video_path" in message and f"{path}:4: <json>" in message
+    assert (
+        f"{path}:1: segment" in message
+        and f"{path}:2: video_path" in message
+        and f"{path}:4: <json>" in message
+    )
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -104,10 +120,22 @@ def test_unwritable_run_directory_fails_at_start(cache_dir, tmp_path):
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         out = locked / "run"
-    cmd = [sys.executable, "-m", "visd_exp.train", f"hydra.run.dir={tmp_path / 'hydra'}",
-           f"paths.output_dir={out}", *shared_paths(cache_dir, tmp_path)]
-    result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "visd_exp.train",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        f"paths.output_dir={out}",
+        *shared_paths(cache_dir, tmp_path),
+    ]
+    result = subprocess.run(
+        cmd,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
+    )
     assert result.returncode != 0
     assert f"cannot write the run directory {out}" in result.stderr + result.stdout
     shutil.rmtree(tmp_path / "hydra", ignore_errors=True)

@@ -12,9 +12,9 @@ import time
 
 import torch
 from safetensors.torch import load_file
-from test_train_e2e import FAST, shared_paths
 
 from conftest import PROJECT_ROOT
+from test_train_e2e import FAST, shared_paths
 
 STEPS = 8
 TIMING = ("step_time", "timing/", "judge/latency")
@@ -22,10 +22,22 @@ TIMING = ("step_time", "timing/", "judge/latency")
 
 def command(cache_dir, out_dir, *extra):
     overrides = [o for o in FAST if not o.startswith(("trainer.max_steps", "callbacks.model_checkpoint"))]
-    return [sys.executable, "-m", "visd_exp.train", "+experiment=ema_topk", f"trainer.max_steps={STEPS}",
-            "logger=csv", "callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.validation.every_n_steps=3",
-            "callbacks.validation.max_samples=2", "dumps.credit_every_n_steps=0", *overrides,
-            *shared_paths(cache_dir, out_dir), f"hydra.run.dir={out_dir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "visd_exp.train",
+        "+experiment=ema_topk",
+        f"trainer.max_steps={STEPS}",
+        "logger=csv",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.validation.every_n_steps=3",
+        "callbacks.validation.max_samples=2",
+        "dumps.credit_every_n_steps=0",
+        *overrides,
+        *shared_paths(cache_dir, out_dir),
+        f"hydra.run.dir={out_dir}",
+        *extra,
+    ]
 
 
 def rows_by_step(run_dir) -> dict[str, dict]:
@@ -50,23 +62,37 @@ def loadable(path) -> bool:
 def test_kill_and_resume_is_exact(cache_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     full, killed, resumed = tmp_path / "full", tmp_path / "killed", tmp_path / "resumed"
-    done = subprocess.run(command(cache_dir, full), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        command(cache_dir, full), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen(command(cache_dir, killed), cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(cache_dir, killed),
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = killed / "checkpoints" / "step_000004.ckpt"
     deadline = time.monotonic() + 300
     while not (checkpoint.is_file() and loadable(checkpoint)):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its step-4 checkpoint"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "the run ended before its step-4 checkpoint"
+        )
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # mid-way through the next step
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (killed / "hf_model").exists()  # it really did not finish
 
-    again = subprocess.run(command(cache_dir, resumed, f"ckpt_path={checkpoint}"), cwd=PROJECT_ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        command(cache_dir, resumed, f"ckpt_path={checkpoint}"),
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
 
     expected, got = rows_by_step(full), rows_by_step(resumed)

@@ -31,8 +31,9 @@ def test_cosine_step_and_constant():
 
 def test_zero_for_good():
     assert not lambda_is_zero_for_good(599, LINEAR) and lambda_is_zero_for_good(600, LINEAR)
-    assert not lambda_is_zero_for_good(10**6, OmegaConf.create({"name": "linear", "start": 0.5, "end": 0.1,
-                                                                "steps": 10}))
+    assert not lambda_is_zero_for_good(
+        10**6, OmegaConf.create({"name": "linear", "start": 0.5, "end": 0.1, "steps": 10})
+    )
     assert lambda_is_zero_for_good(0, OmegaConf.create({"name": "constant", "value": 0.0}))
 
 

@@ -13,16 +13,26 @@ from visd_exp.summarize import final_window, summarize
 def fake_job(root, num, experiment, seed, rewards, grad=1.0):
     job = root / str(num)
     (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"+experiment={experiment}", f"seed={seed}"]))
+    (job / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"+experiment={experiment}", f"seed={seed}"])
+    )
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
     (job / "csv" / "version_0").mkdir(parents=True)
     with open(job / "csv" / "version_0" / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "reward", "rewards/ans/mean", "grad_norm",
-                                                    "rewards/ans_tmp/mean"])
+        writer = csv.DictWriter(
+            handle, fieldnames=["step", "reward", "rewards/ans/mean", "grad_norm", "rewards/ans_tmp/mean"]
+        )
         writer.writeheader()
         for step, r in enumerate(rewards):
-            writer.writerow({"step": step, "reward": r, "rewards/ans/mean": "nan" if step % 2 else r / 2,
-                             "grad_norm": grad, "rewards/ans_tmp/mean": ""})
+            writer.writerow(
+                {
+                    "step": step,
+                    "reward": r,
+                    "rewards/ans/mean": "nan" if step % 2 else r / 2,
+                    "grad_norm": grad,
+                    "rewards/ans_tmp/mean": "",
+                }
+            )
 
 
 def test_final_window():

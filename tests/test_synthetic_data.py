@@ -39,7 +39,7 @@ def test_schema_and_task_types(dataset):
         assert (dataset / r["video_path"]).is_file()
         for kf in r["key_frames"]:
             assert s <= kf["time"] <= e and kf["idx"] == round(kf["time"] * 4)
-            (name, boxes), = r["key_items"][str(kf["idx"])].items()
+            ((name, boxes),) = r["key_items"][str(kf["idx"])].items()
             x1, y1, x2, y2 = boxes[0]
             assert 0 <= x1 < x2 <= 56 and 0 <= y1 < y2 <= 56 and 22 <= x2 - x1 <= 28
         assert re.fullmatch(r"<think>.*</think><answer>.*</answer>", r["reasoning_process"], re.S)
@@ -63,7 +63,9 @@ def test_answers_follow_the_documented_formats(dataset):
 def test_splits_are_disjoint_by_video(dataset):
     videos = {s: {r["video_path"] for r in load(dataset, s)} for s in ("train", "val", "test")}
     assert all(videos.values())
-    assert not (videos["train"] & videos["val"] or videos["train"] & videos["test"] or videos["val"] & videos["test"])
+    assert not (
+        videos["train"] & videos["val"] or videos["train"] & videos["test"] or videos["val"] & videos["test"]
+    )
     assert sum(len(v) for v in videos.values()) == 10
 
 
@@ -74,14 +76,16 @@ def test_the_object_is_in_the_video_exactly_when_the_record_says(dataset):
     decoder = VideoDecoder(str(dataset / record["video_path"]))
     s, e = record["segment"]
     for kf in record["key_frames"]:
-        (box,), = record["key_items"][str(kf["idx"])].values()
+        ((box,),) = record["key_items"][str(kf["idx"])].values()
         x1, y1, x2, y2 = box
         frame = decoder.get_frames_played_at(seconds=[kf["time"]]).data[0].float()
-        inside = frame[:, y1 + 3:y2 - 3, x1 + 3:x2 - 3].mean(dim=(1, 2))
+        inside = frame[:, y1 + 3 : y2 - 3, x1 + 3 : x2 - 3].mean(dim=(1, 2))
         assert (inside - colour).abs().max() < 30, (inside, colour)
         # one second outside the segment the same region is background
         t_out = s - 1 if s >= 1 else e + 1
-        empty = decoder.get_frames_played_at(seconds=[t_out]).data[0].float()[:, y1 + 3:y2 - 3, x1 + 3:x2 - 3]
+        empty = (
+            decoder.get_frames_played_at(seconds=[t_out]).data[0].float()[:, y1 + 3 : y2 - 3, x1 + 3 : x2 - 3]
+        )
         assert (empty.mean(dim=(1, 2)) - colour).abs().max() > 60
 
 

@@ -63,9 +63,14 @@ def test_teacher_copy_never_trains_and_gets_no_grad():
 
 
 def test_privileged_block_carries_answer_evidence_and_feedback():
-    sample = {"answer": "From <t>2.0</t>s to <t>5.0</t>s", "segment": [2, 5], "image_size": [56, 56],
-              "frame_size": [112, 112], "key_frames": [{"idx": 12, "time": 3.0}],
-              "key_items": {"12": {"red square": [[8, 8, 32, 32]]}}}
+    sample = {
+        "answer": "From <t>2.0</t>s to <t>5.0</t>s",
+        "segment": [2, 5],
+        "image_size": [56, 56],
+        "frame_size": [112, 112],
+        "key_frames": [{"idx": 12, "time": 3.0}],
+        "key_items": {"12": {"red square": [[8, 8, 32, 32]]}},
+    }
     block = privileged_block(sample["answer"], evidence_from_sample(sample), "The end time is late.")
     assert "Verified answer: From <t>2.0</t>s to <t>5.0</t>s" in block
     assert "segment 2.0-5.0 s" in block and "at 3.0 s: red square [16,16,64,64]" in block  # scaled 2x
@@ -77,7 +82,6 @@ def test_privileged_block_carries_answer_evidence_and_feedback():
 def replay_setup(tiny, tmp_path_factory):
     from conftest import write_square_video
     from test_logprob_consistency import ALGO, make_batch
-
     from visd_exp.models import vision_token_ids
     from visd_exp.rollout.generation import generate_rollouts
 
@@ -85,8 +89,14 @@ def replay_setup(tiny, tmp_path_factory):
     video = write_square_video(tmp_path_factory.mktemp("v") / "v.mp4")
     batch = make_batch(processor, video)
     for sample, times in zip(batch["samples"], ([i * 1.0 for i in range(8)], [i * 1.6 for i in range(5)])):
-        sample.update({"frame_times": times, "video_duration": 8.0, "answer": "From <t>2.0</t>s to <t>5.0</t>s",
-                       "segment": [2.0, 5.0]})
+        sample.update(
+            {
+                "frame_times": times,
+                "video_duration": 8.0,
+                "answer": "From <t>2.0</t>s to <t>5.0</t>s",
+                "segment": [2.0, 5.0],
+            }
+        )
     torch.manual_seed(1)
     rollouts = generate_rollouts(model, processor, batch, ALGO, vision_token_ids(processor.tokenizer))
     G = ALGO.num_generations
@@ -100,8 +110,13 @@ def test_teacher_prompt_tokens_match_the_processor(replay_setup):
     for i, sample in enumerate(batch["samples"]):
         text = render_prompt(processor, sample, "Verified answer: B")
         frames = batch["frames"][i]
-        want = processor(text=[text], images=[list(frames)], return_tensors="pt", do_resize=False,
-                         return_mm_token_type_ids=True)
+        want = processor(
+            text=[text],
+            images=[list(frames)],
+            return_tensors="pt",
+            do_resize=False,
+            return_mm_token_type_ids=True,
+        )
         ids, types = expand_and_tokenize(processor, text, batch["image_grid_thw"][i])
         assert ids == want["input_ids"][0].tolist()
         assert types == want["mm_token_type_ids"][0].tolist()
@@ -124,7 +139,9 @@ def test_replay_without_privileged_block_reproduces_the_student(replay_setup):
 
 def test_replay_with_privileged_block_lines_up_token_for_token(replay_setup):
     model, processor, _, rollouts, samples, grids = replay_setup
-    blocks = [privileged_block(s["answer"], evidence_from_sample(s), f"feedback {i}") for i, s in enumerate(samples)]
+    blocks = [
+        privileged_block(s["answer"], evidence_from_sample(s), f"feedback {i}") for i, s in enumerate(samples)
+    ]
     inputs = teacher_inputs(processor, rollouts, samples, blocks, grids)
     C = rollouts.completion_ids.shape[1]
     student = rollouts.model_inputs()
@@ -134,7 +151,7 @@ def test_replay_with_privileged_block_lines_up_token_for_token(replay_setup):
     # both prompts end with the same assistant header right before the completion
     header = processor.tokenizer("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     for row_t, row_s in zip(inputs["input_ids"], student["input_ids"]):
-        assert row_t[-C - len(header):-C].tolist() == header == row_s[-C - len(header):-C].tolist()
+        assert row_t[-C - len(header) : -C].tolist() == header == row_s[-C - len(header) : -C].tolist()
     logits = teacher_logits(model, inputs, C)
     assert logits.shape[:2] == rollouts.completion_ids.shape and torch.isfinite(logits).all()
     assert not logits.requires_grad

@@ -61,9 +61,21 @@ def test_metrics_file_has_trl_names_for_every_step(trained_run):
     run_dir, _, _ = trained_run
     rows = read_metrics(run_dir)
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
-    for key in ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
-                "completions/clipped_ratio", "loss", "grad_norm", "lr", "step_time", "entropy",
-                "rewards/fmt/mean", "timing/rollout", "timing/update"]:
+    for key in [
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "loss",
+        "grad_norm",
+        "lr",
+        "step_time",
+        "entropy",
+        "rewards/fmt/mean",
+        "timing/rollout",
+        "timing/update",
+    ]:
         assert all(r[key] != "" for r in rows), key
     assert any(float(r["grad_norm"]) > 0 for r in rows), "no step had a policy gradient"
 
@@ -102,8 +114,16 @@ def test_experiment_grpo_from_the_command_line(cache_dir, tmp_path, trained_run)
 
 def test_multirun_writes_one_directory_per_job(cache_dir, tmp_path, trained_run):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "visd_exp.train", "-m", "+experiment=grpo", "seed=0,1", "trainer.max_steps=1",
-           "logger=csv"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "visd_exp.train",
+        "-m",
+        "+experiment=grpo",
+        "seed=0,1",
+        "trainer.max_steps=1",
+        "logger=csv",
+    ]
     cmd += [o for o in FAST if not o.startswith("trainer.max_steps")] + shared_paths(cache_dir, tmp_path)
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

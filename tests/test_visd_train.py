@@ -6,14 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
 
+from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
 from visd_exp.train import train
 
 
 def run(cache_dir, out_dir, *overrides):
-    cfg = compose_train(FAST + shared_paths(cache_dir, out_dir) + [f"paths.output_dir={out_dir}", "logger=csv",
-                                                                   "trainer.max_steps=3", *overrides])
+    cfg = compose_train(
+        FAST
+        + shared_paths(cache_dir, out_dir)
+        + [f"paths.output_dir={out_dir}", "logger=csv", "trainer.max_steps=3", *overrides]
+    )
     train(cfg)
     return out_dir
 
@@ -24,7 +27,9 @@ def test_lambda_zero_is_exactly_grpo(cache_dir, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(module, "teacher_logits", lambda *a, **k: calls.append(1))
     grpo = run(cache_dir, tmp_path / "grpo", "+experiment=grpo")
-    visd0 = run(cache_dir, tmp_path / "visd0", "+experiment=ema_topk", "schedule=constant", "schedule.value=0.0")
+    visd0 = run(
+        cache_dir, tmp_path / "visd0", "+experiment=ema_topk", "schedule=constant", "schedule.value=0.0"
+    )
     assert calls == []  # no teacher replay at all
     a, b = load_file(grpo / "hf_model/model.safetensors"), load_file(visd0 / "hf_model/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -52,7 +57,9 @@ def test_checkpoint_holds_teacher_and_schedule(cache_dir, tmp_path):
     step = ckpt["global_step"]
     assert step == 2  # every_n_train_steps=2 in FAST
     states = [v for k, v in ckpt["callbacks"].items() if k.startswith("LambdaSchedule")]
-    assert states and states[0]["lam"] == pytest.approx(0.5 * (1 - (step - 1) / 600))  # set before batch step-1
+    assert states and states[0]["lam"] == pytest.approx(
+        0.5 * (1 - (step - 1) / 600)
+    )  # set before batch step-1
     # sync every 2 steps: at step 2 the copy equals the student; after step 3 the student has moved on
     student_w = ckpt["state_dict"]["model.model.language_model.embed_tokens.weight"]
     teacher_w = ckpt["state_dict"]["teacher.copy.model.language_model.embed_tokens.weight"]
@@ -91,9 +98,16 @@ def test_six_experiment_multirun_writes_the_summary(cache_dir, tmp_path):
     from conftest import PROJECT_ROOT
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "visd_exp.train", "-m",
-           "+experiment=ema_topk,no_feedback,current_topk,sync10_topk,ema_sampled,grpo", "seed=0",
-           "trainer.max_steps=2", "logger=csv"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "visd_exp.train",
+        "-m",
+        "+experiment=ema_topk,no_feedback,current_topk,sync10_topk,ema_sampled,grpo",
+        "seed=0",
+        "trainer.max_steps=2",
+        "logger=csv",
+    ]
     cmd += [o for o in FAST if not o.startswith("trainer.max_steps")] + shared_paths(cache_dir, tmp_path)
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,6 +115,7 @@ def test_six_experiment_multirun_writes_the_summary(cache_dir, tmp_path):
     with open(sweep / "summary.csv") as handle:
         table = list(csv.DictReader(handle))
     assert sorted(r["experiment"] for r in table) == sorted(
-        ["ema_topk", "no_feedback", "current_topk", "sync10_topk", "ema_sampled", "grpo"])
+        ["ema_topk", "no_feedback", "current_topk", "sync10_topk", "ema_sampled", "grpo"]
+    )
     assert all(r["reward"] != "nan" and r["grad_norm"] != "nan" for r in table)
     assert "| Setting | Reward | Acc |" in (sweep / "summary.md").read_text()

@@ -29,9 +29,14 @@ def load_for_eval(cfg: DictConfig):
     from visd_exp.models import load_model_and_processor
 
     if cfg.get("model_dir"):
-        model_cfg = OmegaConf.create({"pretrained_model_name_or_path": cfg.model_dir, "tiny": None,
-                                      "dtype": cfg.model.get("dtype", "float32"),
-                                      "attn_implementation": cfg.model.get("attn_implementation", "sdpa")})
+        model_cfg = OmegaConf.create(
+            {
+                "pretrained_model_name_or_path": cfg.model_dir,
+                "tiny": None,
+                "dtype": cfg.model.get("dtype", "float32"),
+                "attn_implementation": cfg.model.get("attn_implementation", "sdpa"),
+            }
+        )
         model, processor = load_model_and_processor(model_cfg)
         return model, processor, str(cfg.model_dir)
     if cfg.get("ckpt_path"):
@@ -43,7 +48,7 @@ def load_for_eval(cfg: DictConfig):
         run_cfg = OmegaConf.load(run_config) if run_config.is_file() else cfg
         model, processor = load_model_and_processor(run_cfg.model, run_cfg.data)
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-        student = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        student = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         model.load_state_dict(student)
         return model, processor, str(ckpt_path)
     model, processor = load_model_and_processor(cfg.model, cfg.data)
@@ -79,10 +84,15 @@ def evaluate(cfg: DictConfig) -> dict:
     dataset = datamodule.build_split(split)
     if cfg.get("max_samples"):
         dataset.records, dataset.plans = dataset.records[: cfg.max_samples], dataset.plans[: cfg.max_samples]
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
-                        collate_fn=lambda items: collate_prompts(items, processor.tokenizer.pad_token_id))
-    greedy = OmegaConf.create({"num_generations": 1, "do_sample": False,
-                               "max_completion_length": cfg.max_completion_length})
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        collate_fn=lambda items: collate_prompts(items, processor.tokenizer.pad_token_id),
+    )
+    greedy = OmegaConf.create(
+        {"num_generations": 1, "do_sample": False, "max_completion_length": cfg.max_completion_length}
+    )
     suppress = vision_token_ids(processor.tokenizer)
     rows = []
     with open(out_dir / "predictions.jsonl", "w") as handle:
@@ -92,8 +102,12 @@ def evaluate(cfg: DictConfig) -> dict:
                 row = score_prediction(text, sample)
                 rows.append(row)
                 handle.write(json.dumps(row) + "\n")
-    report = {"model": source, "split": split, "data_file": data_cfg.get(f"{split}_file"),
-              **summarize_predictions(rows)}
+    report = {
+        "model": source,
+        "split": split,
+        "data_file": data_cfg.get(f"{split}_file"),
+        **summarize_predictions(rows),
+    }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown_report(report, f"Evaluation of {source} on {split}"))
     log.info("report: %s", out_dir / "report.md")

@@ -45,8 +45,13 @@ def chain_scores(answer: str | None, sample: Mapping) -> dict[str, float]:
 def score_prediction(completion: str, sample: Mapping) -> dict:
     """Per-sample record of the prediction and its scores."""
     parsed = parse_completion(completion)
-    row = {"id": sample.get("id"), "task": sample["task"], "answer": sample["answer"], "prediction": completion,
-           "parsed_answer": parsed.answer}
+    row = {
+        "id": sample.get("id"),
+        "task": sample["task"],
+        "answer": sample["answer"],
+        "prediction": completion,
+        "parsed_answer": parsed.answer,
+    }
     if sample["task"] in CHAIN_TASKS:
         row.update(chain_scores(parsed.answer, sample))
         return row
@@ -76,18 +81,23 @@ def summarize_predictions(rows: Sequence[Mapping]) -> dict:
         "accuracy_multiple_choice": _mean([r["correct"] for r in plain if r["task"] == "multiple_choice"]),
         "accuracy_free_form": _mean([r["correct"] for r in plain if r["task"] == "free_form"]),
         "temporal": {"mIoU": _mean(tious), **{f"R1@{t}": v for t, v in recall_at_iou(tious).items()}}
-        if tious else {"mIoU": math.nan},
+        if tious
+        else {"mIoU": math.nan},
         "spatial": {"mIoU": _mean([r["viou"] for r in plain if "viou" in r])},
-        "reward": {k: _mean([r[f"reward/{k}"] for r in plain if r.get(f"reward/{k}") is not None])
-                   for k in ("total", "ans", "fmt", "ans_tmp", "ans_spa", "thk_tmp", "thk_spa")},
+        "reward": {
+            k: _mean([r[f"reward/{k}"] for r in plain if r.get(f"reward/{k}") is not None])
+            for k in ("total", "ans", "fmt", "ans_tmp", "ans_spa", "thk_tmp", "thk_spa")
+        },
     }
     chains = {}
     for task, number in CHAIN_TASKS.items():
         chain_rows = [r for r in rows if r["task"] == task]
         if chain_rows:
-            chains[number] = {"acc": _mean([r["acc"] for r in chain_rows]),
-                              "m_tiou": _mean([r["tiou"] for r in chain_rows]),
-                              "m_viou": _mean([r["viou"] for r in chain_rows])}
+            chains[number] = {
+                "acc": _mean([r["acc"] for r in chain_rows]),
+                "m_tiou": _mean([r["tiou"] for r in chain_rows]),
+                "m_viou": _mean([r["viou"] for r in chain_rows]),
+            }
     if len(chains) == 2:
         report["vstar"] = {"chain1": chains[1], "chain2": chains[2], **vstar_summary(chains[1], chains[2])}
     return report
@@ -95,12 +105,16 @@ def summarize_predictions(rows: Sequence[Mapping]) -> dict:
 
 def markdown_report(report: Mapping, title: str) -> str:
     def f(x):
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x + 0.0:.3f}"  # no "-0.000"
+        return (
+            "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x + 0.0:.3f}"
+        )  # no "-0.000"
 
     t = report["temporal"]
     lines = [
-        f"# {title}", "",
-        f"{report['num_samples']} samples: " + ", ".join(f"{k} {v}" for k, v in report["tasks"].items()), "",
+        f"# {title}",
+        "",
+        f"{report['num_samples']} samples: " + ", ".join(f"{k} {v}" for k, v in report["tasks"].items()),
+        "",
         "| Acc | Acc (MC) | Acc (free form) | tIoU | R1@0.3 | R1@0.5 | R1@0.7 | sIoU | reward |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {f(report['accuracy'])} | {f(report['accuracy_multiple_choice'])} | {f(report['accuracy_free_form'])} "
@@ -109,11 +123,18 @@ def markdown_report(report: Mapping, title: str) -> str:
     ]
     if "vstar" in report:
         v = report["vstar"]
-        lines += ["", "V-STAR (chain 1: what-when-where, chain 2: what-where-when)", "",
-                  "| chain | Acc | mTIoU | mVIoU | AM | LGM |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "V-STAR (chain 1: what-when-where, chain 2: what-where-when)",
+            "",
+            "| chain | Acc | mTIoU | mVIoU | AM | LGM |",
+            "|---|---|---|---|---|---|",
+        ]
         for i in (1, 2):
             c = v[f"chain{i}"]
-            lines.append(f"| {i} | {f(c['acc'])} | {f(c['m_tiou'])} | {f(c['m_viou'])} | {f(v[f'am_chain{i}'])} "
-                         f"| {f(v[f'lgm_chain{i}'])} |")
+            lines.append(
+                f"| {i} | {f(c['acc'])} | {f(c['m_tiou'])} | {f(c['m_viou'])} | {f(v[f'am_chain{i}'])} "
+                f"| {f(v[f'lgm_chain{i}'])} |"
+            )
         lines += ["", f"mAM {f(v['mAM'])}, mLGM {f(v['mLGM'])}"]
     return "\n".join(lines) + "\n"

@@ -31,9 +31,13 @@ from visd_exp.rewards import COMPONENTS, score_batch
 from visd_exp.rollout.generation import generate_rollouts, policy_logprobs
 from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
 
-
-CREDIT_KEYS = ("credit/delta_mean", "credit/delta_std", "credit/delta_abs_mean", "credit/weight_mean",
-               "credit/weight_clip_frac")
+CREDIT_KEYS = (
+    "credit/delta_mean",
+    "credit/delta_std",
+    "credit/delta_abs_mean",
+    "credit/weight_mean",
+    "credit/weight_clip_frac",
+)
 
 
 class Stopwatch:
@@ -58,8 +62,13 @@ class Stopwatch:
 def numpy_rng_state() -> dict:
     """numpy's global RNG state as tensors and numbers (checkpoints load with weights_only=True)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def set_numpy_rng_state(state: dict) -> None:
@@ -116,13 +125,18 @@ class VISDModule(L.LightningModule):
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=optim.lr,
             betas=tuple(optim.betas),
             eps=optim.eps,
         )
         warmup = max(0, int(optim.warmup_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_progress(self) -> float:
@@ -168,7 +182,9 @@ class VISDModule(L.LightningModule):
         # Step 2: verifier rewards and group-relative advantages (lines 10-12, Eq. 10 and 14).
         with watch("reward"):
             samples = [sample for sample in batch["samples"] for _ in range(G)]
-            scores = score_batch(rollouts.texts, samples, progress=self.training_progress(), cfg=self.cfg.reward)
+            scores = score_batch(
+                rollouts.texts, samples, progress=self.training_progress(), cfg=self.cfg.reward
+            )
             rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
             advantages = group_advantages(rewards, G)
 
@@ -193,8 +209,18 @@ class VISDModule(L.LightningModule):
             credit_metrics = credit.credit_stats(delta, weights, mask.bool(), self.cfg.credit.eps_w)
             if self.dump_due():
                 with watch("dump"):
-                    self.dump_credit(batch, rollouts, samples, feedback, scores, advantages, t_logits, delta,
-                                     weights, token_advantages)
+                    self.dump_credit(
+                        batch,
+                        rollouts,
+                        samples,
+                        feedback,
+                        scores,
+                        advantages,
+                        t_logits,
+                        delta,
+                        weights,
+                        token_advantages,
+                    )
         else:
             token_advantages = advantages[:, None].expand_as(mask)
 
@@ -202,7 +228,9 @@ class VISDModule(L.LightningModule):
         with watch("update"):
             optimizer = self.optimizers()
             scheduler = self.lr_schedulers()
-            loss = clipped_surrogate_loss(logprobs, rollouts.old_logprobs, token_advantages, mask, algo.epsilon)
+            loss = clipped_surrogate_loss(
+                logprobs, rollouts.old_logprobs, token_advantages, mask, algo.epsilon
+            )
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
@@ -215,8 +243,10 @@ class VISDModule(L.LightningModule):
                 self.skipped_steps += 1
                 self.consecutive_skips += 1
                 if self.consecutive_skips > int(self.cfg.optim.get("max_consecutive_skips", 20)):
-                    raise RuntimeError(f"{self.consecutive_skips} optimizer steps in a row had a non-finite "
-                                       "loss or gradient; stopping (optim.max_consecutive_skips)")
+                    raise RuntimeError(
+                        f"{self.consecutive_skips} optimizer steps in a row had a non-finite "
+                        "loss or gradient; stopping (optim.max_consecutive_skips)"
+                    )
 
         with torch.no_grad():
             ratio = torch.exp(logprobs.detach() - rollouts.old_logprobs)
@@ -246,14 +276,19 @@ class VISDModule(L.LightningModule):
         for name in COMPONENTS:
             values = [s[name] for s in scores if s.get(name) is not None]
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values) if values else math.nan
-            metrics[f"rewards/{name}/masked_frac"] = 1.0 - len(values) / len(scores)  # the paper's K(x) masking
+            metrics[f"rewards/{name}/masked_frac"] = 1.0 - len(values) / len(
+                scores
+            )  # the paper's K(x) masking
         if self.judge is not None:
             metrics.update(self.judge.pop_metrics())
         for stage, seconds in watch.seconds.items():
             metrics[f"timing/{stage}"] = seconds
         metrics["step_time"] = time.perf_counter() - step_start
         self.log_dict(
-            {k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, batch_size=len(batch["samples"])
+            {k: float(v) for k, v in metrics.items()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=len(batch["samples"]),
         )
         self.log("train/reward", float(rewards.mean()), prog_bar=True, on_step=True, logger=False)
         self.last_rollouts = rollouts  # kept for callbacks that log samples
@@ -280,7 +315,9 @@ class VISDModule(L.LightningModule):
 
     def replay_teacher(self, batch: dict, rollouts, samples: list[dict], feedback: list[str | None]):
         """Teacher logits on the student's completion tokens, after prompt + privileged block r."""
-        blocks = [privileged_block(s["answer"], evidence_from_sample(s), f) for s, f in zip(samples, feedback)]
+        blocks = [
+            privileged_block(s["answer"], evidence_from_sample(s), f) for s, f in zip(samples, feedback)
+        ]
         G = self.cfg.algorithm.num_generations
         grids = [grid for grid in batch["image_grid_thw"] for _ in range(G)]
         inputs = teacher_inputs(self.processor, rollouts, samples, blocks, grids)
@@ -291,8 +328,19 @@ class VISDModule(L.LightningModule):
         return every > 0 and self.global_step % every == 0 and self.trainer is not None
 
     @torch.no_grad()
-    def dump_credit(self, batch, rollouts, samples, feedback, scores, advantages, t_logits, delta, weights,
-                    token_advantages) -> None:
+    def dump_credit(
+        self,
+        batch,
+        rollouts,
+        samples,
+        feedback,
+        scores,
+        advantages,
+        t_logits,
+        delta,
+        weights,
+        token_advantages,
+    ) -> None:
         """Save Delta under the feedback and answer-only teachers for M rollouts (Eq. 29-31)."""
         from visd_exp.teacher.dump import judge_log_ratio, write_credit_dump
 
@@ -301,19 +349,39 @@ class VISDModule(L.LightningModule):
         answer_only = self.replay_teacher(batch, rollouts, samples, [None] * len(samples))  # r = (a*, e)
         tokens = rollouts.completion_ids.masked_fill(rollouts.completion_mask == 0, -100)
         temperature = self.cfg.algorithm.temperature
-        d_judge = judge_log_ratio(t_logits[rows] / temperature, answer_only[rows] / temperature, tokens[rows],
-                                  self.cfg.credit)
+        d_judge = judge_log_ratio(
+            t_logits[rows] / temperature, answer_only[rows] / temperature, tokens[rows], self.cfg.credit
+        )
         meta = [
-            {"id": s.get("id"), "task": s["task"], "question": s["question"], "answer": s["answer"],
-             "feedback": f, "completion": text, "reward": sc["total"], "advantage": float(a)}
-            for s, f, text, sc, a in zip(samples[rows], feedback[rows], rollouts.texts[rows], scores[rows],
-                                         advantages[rows])
+            {
+                "id": s.get("id"),
+                "task": s["task"],
+                "question": s["question"],
+                "answer": s["answer"],
+                "feedback": f,
+                "completion": text,
+                "reward": sc["total"],
+                "advantage": float(a),
+            }
+            for s, f, text, sc, a in zip(
+                samples[rows], feedback[rows], rollouts.texts[rows], scores[rows], advantages[rows]
+            )
         ]
         write_credit_dump(
-            Path(self.cfg.paths.output_dir), self.global_step, self.lam, self.cfg.credit, self.processor.tokenizer,
-            {"token_ids": rollouts.completion_ids[rows], "mask": rollouts.completion_mask[rows],
-             "delta_feedback": delta[rows], "delta_judge": d_judge, "weight": weights[rows],
-             "token_advantage": token_advantages[rows], "meta": meta},
+            Path(self.cfg.paths.output_dir),
+            self.global_step,
+            self.lam,
+            self.cfg.credit,
+            self.processor.tokenizer,
+            {
+                "token_ids": rollouts.completion_ids[rows],
+                "mask": rollouts.completion_mask[rows],
+                "delta_feedback": delta[rows],
+                "delta_judge": d_judge,
+                "weight": weights[rows],
+                "token_advantage": token_advantages[rows],
+                "meta": meta,
+            },
         )
 
     def token_log_ratio(self, t_logits, s_logits, tokens, mask) -> torch.Tensor:

@@ -46,7 +46,10 @@ def target_batch(processor, batch: dict, targets: list[str]) -> RolloutBatch:
 
 def sft_loss(model, processor, batch: dict) -> torch.Tensor:
     """Mean negative log-likelihood of the `reasoning_process` targets given the prompts."""
-    targets = [sample.get("reasoning_process") or f"<answer>{sample['answer']}</answer>" for sample in batch["samples"]]
+    targets = [
+        sample.get("reasoning_process") or f"<answer>{sample['answer']}</answer>"
+        for sample in batch["samples"]
+    ]
     rb = target_batch(processor, batch, targets)
     out = model(**rb.model_inputs(), logits_to_keep=rb.completion_ids.shape[1] + 1, use_cache=False)
     logprobs = selective_log_softmax(out.logits[:, :-1], rb.completion_ids)
@@ -54,8 +57,16 @@ def sft_loss(model, processor, batch: dict) -> torch.Tensor:
     return -(logprobs * mask).sum() / mask.sum()
 
 
-def run_sft(model, processor, loader, steps: int, lr: float, weight_decay: float = 0.0, warmup: int = 10,
-            seed: int = 0) -> list[float]:
+def run_sft(
+    model,
+    processor,
+    loader,
+    steps: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup: int = 10,
+    seed: int = 0,
+) -> list[float]:
     """`steps` AdamW steps over `loader` (cycled); returns the loss per step."""
     torch.manual_seed(seed)
     model.train()
@@ -63,7 +74,10 @@ def run_sft(model, processor, loader, steps: int, lr: float, weight_decay: float
     # linear warm-up, then cosine decay to 10% of lr
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / max(1, warmup)) * (0.55 + 0.45 * torch.cos(torch.tensor(s / steps * 3.14159)).item()),
+        lambda s: (
+            min(1.0, (s + 1) / max(1, warmup))
+            * (0.55 + 0.45 * torch.cos(torch.tensor(s / steps * 3.14159)).item())
+        ),
     )
     losses = []
     batches = itertools.cycle(loader)

@@ -52,10 +52,12 @@ def read_rows(metrics_csv: Path) -> list[dict]:
 
 def window_means(rows: list[dict]) -> dict[str, float]:
     """Mean of each column over the final window; NaN/empty values are skipped (masked components)."""
-    tail = rows[-final_window(len(rows)):]
+    tail = rows[-final_window(len(rows)) :]
     out = {}
     for column, key in COLUMNS.items():
-        values = [float(r[key]) for r in tail if r.get(key) not in (None, "") and not math.isnan(float(r[key]))]
+        values = [
+            float(r[key]) for r in tail if r.get(key) not in (None, "") and not math.isnan(float(r[key]))
+        ]
         out[column] = statistics.fmean(values) if values else math.nan
     out["steps"] = len(rows)
     return out
@@ -73,8 +75,12 @@ def summarize(sweep_dir: str | Path) -> list[dict]:
             per_experiment.setdefault(run_name(job_dir), []).append(result)
     table = []
     for name, runs in sorted(per_experiment.items()):
-        row = {"experiment": name, "runs": len(runs), "seeds": " ".join(str(r["seed"]) for r in runs),
-               "steps": min(r["steps"] for r in runs)}
+        row = {
+            "experiment": name,
+            "runs": len(runs),
+            "seeds": " ".join(str(r["seed"]) for r in runs),
+            "steps": min(r["steps"] for r in runs),
+        }
         for column in COLUMNS:
             values = [r[column] for r in runs if not math.isnan(r[column])]
             row[column] = statistics.fmean(values) if values else math.nan
@@ -98,7 +104,9 @@ def markdown(table: list[dict]) -> str:
 
     def cell(row, column):
         mean, std = row[column], row[f"{column}_std"]
-        return "n/a" if math.isnan(mean) else (f"{mean:.3f} ± {std:.3f}" if row["runs"] > 1 else f"{mean:.3f}")
+        return (
+            "n/a" if math.isnan(mean) else (f"{mean:.3f} ± {std:.3f}" if row["runs"] > 1 else f"{mean:.3f}")
+        )
 
     lines = [
         f"| {r['experiment']} | {cell(r, 'reward')} | {cell(r, 'accuracy')} | {cell(r, 'temporal_iou')} "

@@ -1,8 +1,8 @@
 """Training entry point: compose the config, build data, model and module, fit.
 
-    python -m visd_exp.train                          # the tiny offline default (GRPO)
-    python -m visd_exp.train +experiment=grpo trainer.max_steps=5
-    python -m visd_exp.train -m +experiment=grpo seed=0,1
+python -m visd_exp.train                          # the tiny offline default (GRPO)
+python -m visd_exp.train +experiment=grpo trainer.max_steps=5
+python -m visd_exp.train -m +experiment=grpo seed=0,1
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from visd_exp.utils.setup import find_project_root
 

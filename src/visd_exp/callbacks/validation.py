@@ -53,8 +53,9 @@ class ValidationCallback(L.Callback):
         rng = torch.get_rng_state()
         rows = []
         for batch in itertools.islice(loader, batches):
-            rollouts = generate_rollouts(pl_module.model, pl_module.processor, batch, self.greedy,
-                                         pl_module.suppress_ids)
+            rollouts = generate_rollouts(
+                pl_module.model, pl_module.processor, batch, self.greedy, pl_module.suppress_ids
+            )
             rows += [score_prediction(t, s) for t, s in zip(rollouts.texts, batch["samples"])]
         torch.set_rng_state(rng)
         report = summarize_predictions(rows[: self.max_samples])

@@ -10,13 +10,19 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from visd_exp.data.frames import PATCH_FACTOR, FramePlan, VideoDecodeError, decode_frames, plan_frames, probe_video
+from visd_exp.data.frames import (
+    PATCH_FACTOR,
+    FramePlan,
+    VideoDecodeError,
+    decode_frames,
+    plan_frames,
+    probe_video,
+)
 from visd_exp.data.prompts import build_messages
 from visd_exp.data.records import load_records
 
@@ -78,7 +84,12 @@ class VideoQADataset(Dataset):
             "frame_times": list(plan.times),
             "video_duration": plan.duration,
         }
-        return {"sample": sample, "frames": frames, "text": text, **encode_prompt(self.processor, text, frames)}
+        return {
+            "sample": sample,
+            "frames": frames,
+            "text": text,
+            **encode_prompt(self.processor, text, frames),
+        }
 
 
 def collate_prompts(items: list[dict], pad_token_id: int) -> dict:
@@ -185,7 +196,10 @@ class VideoQADataModule(L.LightningDataModule):
         for record in records:
             info = probe_video(record["video_path"])  # VideoDecodeError names the file
             plan = plan_frames(info, self.cfg, key_times(record))
-            if prompt_length(self.processor, prompt_text(self.processor, record, plan), plan) > self.cfg.max_prompt_length:
+            if (
+                prompt_length(self.processor, prompt_text(self.processor, record, plan), plan)
+                > self.cfg.max_prompt_length
+            ):
                 dropped += 1
                 continue
             kept.append(record)
@@ -193,8 +207,13 @@ class VideoQADataModule(L.LightningDataModule):
         self.stats[f"data/{split}_records"] = len(kept)
         self.stats[f"data/{split}_dropped_long_prompts"] = dropped
         if dropped:
-            log.warning("%s: dropped %d of %d prompts longer than %d tokens", path, dropped, len(records),
-                        self.cfg.max_prompt_length)
+            log.warning(
+                "%s: dropped %d of %d prompts longer than %d tokens",
+                path,
+                dropped,
+                len(records),
+                self.cfg.max_prompt_length,
+            )
         if not kept:
             raise ValueError(f"{path}: no usable records (all {len(records)} dropped or filtered)")
         return VideoQADataset(kept, plans, self.processor)
@@ -225,7 +244,9 @@ class VideoQADataModule(L.LightningDataModule):
         pad = self.processor.tokenizer.pad_token_id
         sampler = None
         if shuffle:
-            sampler = ResumableSampler(len(self.datasets[split]), self.cfg.batch_size, int(self.cfg.get("seed", 0)))
+            sampler = ResumableSampler(
+                len(self.datasets[split]), self.cfg.batch_size, int(self.cfg.get("seed", 0))
+            )
             sampler.start(self.batches_seen)
             self.train_sampler = sampler
         return DataLoader(
@@ -249,4 +270,3 @@ class VideoQADataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-

@@ -92,7 +92,11 @@ def sample_times(
     if len(merged) > max_frames:  # keep every key frame, drop the regular frames nearest to a kept one
         regular = [t for t in times if t not in keys]
         keep = max(0, max_frames - len(keys))
-        idx = [round(i * (len(regular) - 1) / max(1, keep - 1)) for i in range(keep)] if keep > 1 else [0][:keep]
+        idx = (
+            [round(i * (len(regular) - 1) / max(1, keep - 1)) for i in range(keep)]
+            if keep > 1
+            else [0][:keep]
+        )
         merged = sorted(set(keys) | {regular[i] for i in idx})
     return tuple(t for t in merged if t < duration)
 
@@ -117,6 +121,8 @@ def decode_frames(path: str | Path, plan: FramePlan) -> torch.Tensor:
     except Exception as exc:
         raise VideoDecodeError(f"{path}: cannot decode frames at {list(plan.times)} ({exc})") from exc
     if frames.shape[-2:] != (plan.height, plan.width):
-        resized = F.interpolate(frames.float(), size=(plan.height, plan.width), mode="bilinear", antialias=True)
+        resized = F.interpolate(
+            frames.float(), size=(plan.height, plan.width), mode="bilinear", antialias=True
+        )
         frames = resized.round().clamp(0, 255).to(torch.uint8)
     return frames

@@ -42,7 +42,9 @@ def build_messages(
     system_prompt: str = SYSTEM_PROMPT,
 ) -> list[dict]:
     """Chat messages for one sample; one {"type": "image"} entry per sampled frame, in time order."""
-    content: list[dict] = [{"type": "text", "text": f"The video is {format_seconds(duration)} seconds long.\n"}]
+    content: list[dict] = [
+        {"type": "text", "text": f"The video is {format_seconds(duration)} seconds long.\n"}
+    ]
     for i, t in enumerate(frame_times):
         content.append({"type": "text", "text": f"Frame {i + 1} at {format_seconds(t)}s:"})
         content.append({"type": "image"})

@@ -39,7 +39,10 @@ from visd_exp.data.synthetic_render import BACKGROUND, COLOURS, ENCODER, Track, 
 FORMAT_VERSION = 2
 TASKS = ("temporal_grounding", "spatio_temporal_grounding", "multiple_choice", "free_form")
 # V-STAR-style chained questions (what-when-where, what-where-when), evaluation only: test split.
-CHAINS = {"vstar_what_when_where": ("what", "when", "where"), "vstar_what_where_when": ("what", "where", "when")}
+CHAINS = {
+    "vstar_what_when_where": ("what", "when", "where"),
+    "vstar_what_where_when": ("what", "where", "when"),
+}
 SPLITS = ("train", "val", "test")
 DIRECTIONS = ("left", "right", "up", "down")
 SHAPES = ("square", "circle")
@@ -86,17 +89,29 @@ class Difficulty:
         checks = [
             (len(self.frame_size) == 2 and w >= 2 and h >= 2, "frame_size must be [width, height] >= 2"),
             (w % 2 == 0 and h % 2 == 0, "frame_size must be even (yuv420p)"),
-            (len(self.object_size) == 2 and 1 <= lo <= hi, "object_size must be [min, max] with 1 <= min <= max"),
+            (
+                len(self.object_size) == 2 and 1 <= lo <= hi,
+                "object_size must be [min, max] with 1 <= min <= max",
+            ),
             (hi <= min(w, h) - 2, "object_size max must leave room to move (<= min(frame_size) - 2)"),
             (0 <= self.num_distractors < len(COLOURS), f"num_distractors must be in [0, {len(COLOURS) - 1}]"),
-            (self.fps > 0 and self.duration > 0 and self.time_grid > 0, "fps, duration, time_grid must be > 0"),
+            (
+                self.fps > 0 and self.duration > 0 and self.time_grid > 0,
+                "fps, duration, time_grid must be > 0",
+            ),
             (_is_multiple(self.duration * self.fps, 1), "duration * fps must be a whole number of frames"),
-            (_is_multiple(self.time_grid * self.fps, 1), "time_grid * fps must be whole: grid times are frames"),
+            (
+                _is_multiple(self.time_grid * self.fps, 1),
+                "time_grid * fps must be whole: grid times are frames",
+            ),
             (_is_multiple(self.duration, self.time_grid), "duration must be a multiple of time_grid"),
             (0 < self.visibility <= 1, "visibility must be in (0, 1]"),
             (self.min_segment > 0, "min_segment must be > 0"),
             (self.noise >= 0, "noise must be >= 0"),
-            (len(self.shapes) > 0 and set(self.shapes) <= set(SHAPES), f"shapes must be a subset of {SHAPES}"),
+            (
+                len(self.shapes) > 0 and set(self.shapes) <= set(SHAPES),
+                f"shapes must be a subset of {SHAPES}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -257,7 +272,12 @@ def key_times(track: Track, d: Difficulty) -> list[float]:
 
 
 def build_records(
-    video_id: str, video_path: str, scene: Scene, d: Difficulty, tasks: Sequence[str], rng: np.random.Generator
+    video_id: str,
+    video_path: str,
+    scene: Scene,
+    d: Difficulty,
+    tasks: Sequence[str],
+    rng: np.random.Generator,
 ) -> list[dict]:
     """One record per task about the scene's queried object, in docs/DATA.md's schema."""
     target = scene.target
@@ -274,7 +294,7 @@ def build_records(
         "temporal_grounding": (
             f"When is the {target.name} visible in the video?",
             None,
-            "From <t>{}</t>s to <t>{}</t>s".format(format_time(target.start), format_time(target.end)),
+            f"From <t>{format_time(target.start)}</t>s to <t>{format_time(target.end)}</t>s",
             f"The {target.name} is visible {span}.",
         ),
         "spatio_temporal_grounding": (
@@ -323,8 +343,14 @@ def build_chain_records(video_id: str, video_path: str, scene: Scene, d: Difficu
     boxes = [target.box(t) for t in times]
     parts = {
         "what": (f"What colour is the {target.shape} that moves {target.direction}?", target.colour),
-        "when": ("When is it visible?", f"From <t>{format_time(target.start)}</t>s to <t>{format_time(target.end)}</t>s"),
-        "where": ("Where is it at the key moments?", " ".join(grounded_claim(target.name, b, t) for b, t in zip(boxes, times))),
+        "when": (
+            "When is it visible?",
+            f"From <t>{format_time(target.start)}</t>s to <t>{format_time(target.end)}</t>s",
+        ),
+        "where": (
+            "Where is it at the key moments?",
+            " ".join(grounded_claim(target.name, b, t) for b, t in zip(boxes, times)),
+        ),
     }
     records = []
     for task, order in CHAINS.items():
@@ -389,7 +415,9 @@ def assign_splits(num_videos: int, fractions: Sequence[float], seed: int) -> lis
     return out
 
 
-def resolve_params(num_videos=64, seed=0, preset="easy", tasks=None, splits=(0.8, 0.1, 0.1), **overrides) -> dict:
+def resolve_params(
+    num_videos=64, seed=0, preset="easy", tasks=None, splits=(0.8, 0.1, 0.1), **overrides
+) -> dict:
     """Checked, JSON-ready generation parameters: what the manifest records and ensure_dataset compares."""
     difficulty = make_difficulty(preset, **overrides)
     tasks = list(TASKS) if tasks is None else [str(t) for t in tasks]
@@ -429,11 +457,19 @@ def generate(
         # num_videos, tasks or splits are.
         scene = sample_scene(np.random.default_rng([seed, idx, 0]), d)
         frames = render_frames(
-            scene.tracks, d.frame_size, d.num_frames, d.fps, d.visibility, d.noise, np.random.default_rng([seed, idx, 1])
+            scene.tracks,
+            d.frame_size,
+            d.num_frames,
+            d.fps,
+            d.visibility,
+            d.noise,
+            np.random.default_rng([seed, idx, 1]),
         )
         encode_mp4(frames, out_dir / "videos" / f"{video_id}.mp4", d.fps)
         rng = np.random.default_rng([seed, idx, 2])
-        records[split_of[idx]] += build_records(video_id, f"videos/{video_id}.mp4", scene, d, params["tasks"], rng)
+        records[split_of[idx]] += build_records(
+            video_id, f"videos/{video_id}.mp4", scene, d, params["tasks"], rng
+        )
         if split_of[idx] == "test":
             records["test"] += build_chain_records(video_id, f"videos/{video_id}.mp4", scene, d)
     for split, recs in records.items():
@@ -521,7 +557,9 @@ def ensure_dataset(
         if _manifest_matches(out_dir, params):  # another process made it while we waited
             return out_dir
         if out_dir.exists() and not (out_dir.is_dir() and _looks_generated(out_dir)):
-            raise FileExistsError(f"{out_dir} exists and does not look like a synthetic data set; not replacing it")
+            raise FileExistsError(
+                f"{out_dir} exists and does not look like a synthetic data set; not replacing it"
+            )
         # Leftovers of crashed runs: safe to delete, nobody else generates while we hold the lock.
         for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)

@@ -59,7 +59,9 @@ class Track:
 
     def box(self, t: float) -> list[int]:
         """[x1, y1, x2, y2] in pixels at time t (x2, y2 exclusive, so x2 - x1 == size)."""
-        frac = 0.0 if self.end <= self.start else min(1.0, max(0.0, (t - self.start) / (self.end - self.start)))
+        frac = (
+            0.0 if self.end <= self.start else min(1.0, max(0.0, (t - self.start) / (self.end - self.start)))
+        )
         # floor(v + 0.5) rather than round(): Python's round() rounds halves to even, which would
         # make the path step unevenly.
         x = int(math.floor(self.xy0[0] + (self.xy1[0] - self.xy0[0]) * frac + 0.5))

@@ -39,7 +39,18 @@ SPECIAL_TOKENS = [
 
 # The output format's tags, atomic in the tiny tokenizer (normal, not special, tokens: they decode as
 # text). Real Qwen splits them into several tokens; the tiny model gets shorter sequences instead.
-FORMAT_TAGS = ["<think>", "</think>", "<answer>", "</answer>", "<obj>", "</obj>", "<box>", "</box>", "<t>", "</t>"]
+FORMAT_TAGS = [
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "<obj>",
+    "</obj>",
+    "<box>",
+    "</box>",
+    "<t>",
+    "</t>",
+]
 
 # A Qwen-style chat template: a default system turn, images and videos as vision placeholders that
 # the processor expands, and the assistant header when a generation prompt is requested.
@@ -97,7 +108,7 @@ def _corpus(spec: TinySpec) -> Iterator[str]:
     yield SYSTEM_PROMPT
     yield from TASK_INSTRUCTIONS.values()
     yield from spec.extra_corpus
-    for i in range(spec.corpus_lines // 10):
+    for _ in range(spec.corpus_lines // 10):
         yield f"The video is {rng.randint(4, 60)}.0 seconds long.\nFrame {rng.randint(1, 16)} at {rng.randint(0, 59)}.{rng.choice('05')}s:"
     np_rng = np.random.default_rng(spec.seed)
     names = sorted(PRESETS)
@@ -200,7 +211,9 @@ def build_tiny(out_dir: str | Path, spec: TinySpec) -> Path:
     # Pixel budgets are enforced by the data module, which resizes frames itself; the processor is told
     # not to resize again (see visd_exp.data.frames).
     image_processor = Qwen2VLImageProcessorPil()
-    processor = FramesProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    processor = FramesProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
     model.save_pretrained(out_dir)
     save_processor(processor, out_dir)
     (out_dir / "tiny_spec.json").write_text(json.dumps({"format": FORMAT_VERSION, **asdict(spec)}, indent=2))

@@ -42,21 +42,42 @@ def build_warm_start(base_dir: Path, out_dir: Path, warm_cfg, data_cfg, data_roo
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir)
     processor = load_processor(base_dir)
     synthetic = OmegaConf.create(
-        {"preset": warm_cfg.data.preset, "num_videos": warm_cfg.data.num_videos, "seed": warm_cfg.data.seed,
-         "difficulty": warm_cfg.data.get("difficulty") or {},
-         "out_dir": str(data_root / f"{warm_cfg.data.preset}-n{warm_cfg.data.num_videos}-s{warm_cfg.data.seed}")}
+        {
+            "preset": warm_cfg.data.preset,
+            "num_videos": warm_cfg.data.num_videos,
+            "seed": warm_cfg.data.seed,
+            "difficulty": warm_cfg.data.get("difficulty") or {},
+            "out_dir": str(
+                data_root / f"{warm_cfg.data.preset}-n{warm_cfg.data.num_videos}-s{warm_cfg.data.seed}"
+            ),
+        }
     )
     frames = {k: data_cfg.get(k) for k in FRAME_KEYS}
     cfg = OmegaConf.create(
-        {**frames, "synthetic": synthetic, "train_file": f"{synthetic.out_dir}/train.jsonl", "val_file": None,
-         "test_file": None, "tasks": None, "seed": warm_cfg.get("seed", 0), "batch_size": warm_cfg.batch_size,
-         "num_workers": 0, "max_prompt_length": data_cfg.get("max_prompt_length", 16384)}
+        {
+            **frames,
+            "synthetic": synthetic,
+            "train_file": f"{synthetic.out_dir}/train.jsonl",
+            "val_file": None,
+            "test_file": None,
+            "tasks": None,
+            "seed": warm_cfg.get("seed", 0),
+            "batch_size": warm_cfg.batch_size,
+            "num_workers": 0,
+            "max_prompt_length": data_cfg.get("max_prompt_length", 16384),
+        }
     )
     datamodule = VideoQADataModule(cfg, processor)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    losses = run_sft(model, processor, datamodule.train_dataloader(), steps=warm_cfg.steps, lr=warm_cfg.lr,
-                     seed=warm_cfg.get("seed", 0))
+    losses = run_sft(
+        model,
+        processor,
+        datamodule.train_dataloader(),
+        steps=warm_cfg.steps,
+        lr=warm_cfg.lr,
+        seed=warm_cfg.get("seed", 0),
+    )
     model.save_pretrained(out_dir)
     save_processor(processor, out_dir)
     (out_dir / "warm_start.json").write_text(

@@ -15,7 +15,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     identical rewards gives exactly 0 advantage (no NaN) and contributes no gradient.
     """
     if rewards.ndim != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be [B] with B divisible by group_size={group_size}, got {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be [B] with B divisible by group_size={group_size}, got {tuple(rewards.shape)}"
+        )
     grouped = rewards.float().view(-1, group_size)
     mean = grouped.mean(dim=1, keepdim=True)  # mu_G
     std = grouped.std(dim=1, unbiased=False, keepdim=True)  # sigma_G
@@ -44,7 +46,9 @@ def clipped_surrogate_loss(
     return -per_rollout.mean()  # 1/G sum_i, negated for minimisation
 
 
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def selective_log_softmax(
+    logits: torch.Tensor, index: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """log softmax(logits / temperature)[index] without a full [B, T, V] fp32 log-softmax.
 
     logits: [B, T, V] (any float dtype), index: [B, T] -> float32 [B, T]. Works row by row so the

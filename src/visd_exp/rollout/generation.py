@@ -39,7 +39,9 @@ class RolloutBatch:
         return {
             "input_ids": torch.cat([self.prompt_ids, self.completion_ids], dim=1),
             "attention_mask": torch.cat([self.prompt_mask, self.completion_mask], dim=1),
-            "mm_token_type_ids": torch.cat([self.mm_token_type_ids, torch.zeros_like(self.completion_ids)], dim=1),
+            "mm_token_type_ids": torch.cat(
+                [self.mm_token_type_ids, torch.zeros_like(self.completion_ids)], dim=1
+            ),
             "pixel_values": self.pixel_values,
             "image_grid_thw": self.image_grid_thw,
         }
@@ -61,7 +63,9 @@ def completion_mask_from(ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Te
     """Mask up to and including the first end token; rows without one are truncated (mask all)."""
     is_eos = ids == eos_token_id
     has_eos = is_eos.any(dim=1)
-    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
+    first = torch.where(
+        has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long)
+    )
     positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     return (positions <= first.unsqueeze(1)).long(), ~has_eos
 
@@ -77,7 +81,12 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
         sampling = {"do_sample": False}  # greedy (evaluation)
         if cfg.get("do_sample", True):
             # transformers defaults top_k to 50: 0 disables it
-            sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.get("top_k", 0)}
+            sampling = {
+                "do_sample": True,
+                "temperature": cfg.temperature,
+                "top_p": cfg.top_p,
+                "top_k": cfg.get("top_k", 0),
+            }
         out = model.generate(
             **inputs,
             **sampling,

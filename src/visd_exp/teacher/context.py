@@ -25,7 +25,9 @@ def evidence_text(evidence: Mapping | None) -> str:
             f"{name} " + " ".join("[" + ",".join(str(round(v)) for v in box) + "]" for box in boxes)
             for name, boxes in (frame.get("objects") or {}).items()
         )
-        parts.append(f"at {_fmt(frame['time'])} s: {objects}" if objects else f"key frame {_fmt(frame['time'])} s")
+        parts.append(
+            f"at {_fmt(frame['time'])} s: {objects}" if objects else f"key frame {_fmt(frame['time'])} s"
+        )
     return "; ".join(parts) if parts else "none"
 
 

@@ -22,7 +22,9 @@ DUMP_DIR = "credit_dumps"
 def judge_log_ratio(fb_logits, ans_logits, tokens, credit_cfg) -> torch.Tensor:
     """delta^judge_t = log q~^{a,f}(y_t) - log q~^{a}(y_t) on U_t = TopK(q^{a,f}) u {y_t} (Eq. 31)."""
     if credit_cfg.name == "topk":
-        return credit.topk_support_log_ratio(fb_logits, ans_logits, tokens, credit_cfg.k, chunk_size=credit_cfg.chunk_size)
+        return credit.topk_support_log_ratio(
+            fb_logits, ans_logits, tokens, credit_cfg.k, chunk_size=credit_cfg.chunk_size
+        )
     return credit.sampled_token_log_ratio(fb_logits, ans_logits, tokens, chunk_size=credit_cfg.chunk_size)
 
 

@@ -38,11 +38,18 @@ def expand_and_tokenize(processor, text: str, image_grid_thw: torch.Tensor) -> t
     return ids, [1 if i == image_id else 0 for i in ids]
 
 
-def teacher_inputs(processor, rollouts: RolloutBatch, samples: list[dict], blocks: list[str | None],
-                   grids_per_row: list[torch.Tensor]) -> dict:
+def teacher_inputs(
+    processor,
+    rollouts: RolloutBatch,
+    samples: list[dict],
+    blocks: list[str | None],
+    grids_per_row: list[torch.Tensor],
+) -> dict:
     """Model inputs of the teacher replay for every rollout row: left-padded teacher prompt + completion."""
-    rows = [expand_and_tokenize(processor, render_prompt(processor, s, b), g)
-            for s, b, g in zip(samples, blocks, grids_per_row)]
+    rows = [
+        expand_and_tokenize(processor, render_prompt(processor, s, b), g)
+        for s, b, g in zip(samples, blocks, grids_per_row)
+    ]
     length = max(len(ids) for ids, _ in rows)
     pad_id = processor.tokenizer.pad_token_id
     n = len(rows)
@@ -50,9 +57,9 @@ def teacher_inputs(processor, rollouts: RolloutBatch, samples: list[dict], block
     prompt_mask = torch.zeros(n, length, dtype=torch.long)
     mm = torch.zeros(n, length, dtype=torch.long)
     for i, (ids, types) in enumerate(rows):
-        prompt_ids[i, length - len(ids):] = torch.tensor(ids)
-        prompt_mask[i, length - len(ids):] = 1
-        mm[i, length - len(ids):] = torch.tensor(types)
+        prompt_ids[i, length - len(ids) :] = torch.tensor(ids)
+        prompt_mask[i, length - len(ids) :] = 1
+        mm[i, length - len(ids) :] = torch.tensor(types)
     device = rollouts.completion_ids.device
     return {
         "input_ids": torch.cat([prompt_ids.to(device), rollouts.completion_ids], dim=1),

@@ -75,7 +75,7 @@ def build_loggers(cfg: DictConfig) -> list:
     import hydra
 
     loggers = []
-    for name, node in (cfg.get("logger") or {}).items():
+    for node in (cfg.get("logger") or {}).values():
         if node is not None and "_target_" in node:
             loggers.append(hydra.utils.instantiate(node))
     return loggers
@@ -85,7 +85,7 @@ def build_callbacks(cfg: DictConfig) -> list:
     import hydra
 
     callbacks = []
-    for name, node in (cfg.get("callbacks") or {}).items():
+    for node in (cfg.get("callbacks") or {}).values():
         if node is not None and "_target_" in node:
             callbacks.append(hydra.utils.instantiate(node))
     return callbacks
