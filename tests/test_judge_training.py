@@ -46,3 +46,43 @@ def test_trains_against_the_served_judge_and_never_leaks_the_key(
     assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".ckpt" for p in files)
     leaks = [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def test_acceptance_command_against_the_judge_server(cache_dir, tmp_path):
+    """`python -m visd_exp.train +experiment=ema_topk judge=openai judge.base_url=http://127.0.0.1:PORT/v1`,
+    with the judge served by `python -m visd_exp.judge.serve` and no API key in the environment."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from conftest import PROJECT_ROOT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline")
+    server = subprocess.Popen([sys.executable, "-m", "visd_exp.judge.serve", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "judge server did not start"
+                time.sleep(0.1)
+        cmd = [sys.executable, "-m", "visd_exp.train", "+experiment=ema_topk", "judge=openai",
+               f"judge.base_url=http://127.0.0.1:{port}/v1", "trainer.max_steps=2", "logger=csv",
+               *[o for o in FAST if not o.startswith("trainer.max_steps")], *shared_paths(cache_dir, tmp_path)]
+        result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    rows = read_metrics(run)
+    assert all(float(r["judge/calls"]) > 0 and float(r["judge/fallback_rate"]) == 0.0 for r in rows)

@@ -110,7 +110,7 @@ class HttpJudge:
         base_url: str,
         model: str,
         api_key_env: str | None = "OPENAI_API_KEY",
-        api_key_required: bool = True,
+        api_key_required: bool | str = "auto",
         temperature: float = 0.0,
         max_tokens: int = 256,
         token_limit_param: str = "max_tokens",
@@ -133,7 +133,11 @@ class HttpJudge:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
-        self.api_key_required = api_key_required
+        # "auto": a key is required for remote hosts, not for a judge served on this machine.
+        if api_key_required == "auto":
+            host = (httpx.URL(base_url).host or "").strip("[]")
+            api_key_required = host not in ("127.0.0.1", "localhost", "::1")
+        self.api_key_required = bool(api_key_required)
         self.timeout = float(timeout)
         self.max_concurrency = max(1, int(max_concurrency))
         self.retries = max(0, int(retries))
