@@ -36,3 +36,10 @@ lint: $(VENV)/.installed
 clean:
 	rm -rf logs/ .cache/ .pytest_cache/ build/ dist/ src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Execute notebooks/inspect_curves.ipynb and notebooks/token_credit.ipynb for a run or multirun directory;
+# writes <RUN>/report/{inspect_curves,token_credit}.html and the figures there.
+.PHONY: report
+report: $(VENV)/.installed
+	@test -n "$(RUN)" || { echo "usage: make report RUN=<run or multirun directory>"; exit 2; }
+	$(PY) -m visd_exp.inspect.report "$(RUN)"

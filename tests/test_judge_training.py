@@ -64,8 +64,12 @@ def test_acceptance_command_against_the_judge_server(cache_dir, tmp_path):
         port = probe.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline")
-    server = subprocess.Popen([sys.executable, "-m", "visd_exp.judge.serve", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "visd_exp.judge.serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -75,9 +79,18 @@ def test_acceptance_command_against_the_judge_server(cache_dir, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "judge server did not start"
                 time.sleep(0.1)
-        cmd = [sys.executable, "-m", "visd_exp.train", "+experiment=ema_topk", "judge=openai",
-               f"judge.base_url=http://127.0.0.1:{port}/v1", "trainer.max_steps=2", "logger=csv",
-               *[o for o in FAST if not o.startswith("trainer.max_steps")], *shared_paths(cache_dir, tmp_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "visd_exp.train",
+            "+experiment=ema_topk",
+            "judge=openai",
+            f"judge.base_url=http://127.0.0.1:{port}/v1",
+            "trainer.max_steps=2",
+            "logger=csv",
+            *[o for o in FAST if not o.startswith("trainer.max_steps")],
+            *shared_paths(cache_dir, tmp_path),
+        ]
         result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
     finally:

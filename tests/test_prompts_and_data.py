@@ -154,9 +154,16 @@ def test_prompt_length_estimate_is_exact(tiny, tmp_path, square_video):
 
 
 def test_missing_video_fails_at_setup_naming_the_file(tiny, tmp_path):
+    from visd_exp.data.validate import DataValidationError
+
     _, processor = tiny
     train = write_jsonl(tmp_path / "train.jsonl", [record("videos/missing.mp4")])
+    # validated first: file, line and field of the record, and the video's path
     dm = VideoQADataModule(data_cfg(train), processor)
+    with pytest.raises(DataValidationError, match=r"train\.jsonl:1: video_path: .*videos/missing\.mp4"):
+        dm.setup("fit")
+    # without validation the probe still names the file
+    dm = VideoQADataModule(data_cfg(train, validation="off"), processor)
     with pytest.raises(VideoDecodeError, match=r"videos/missing\.mp4: video file not found"):
         dm.setup("fit")
 

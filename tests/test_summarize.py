@@ -19,20 +19,24 @@ def fake_job(root, num, experiment, seed, rewards, grad=1.0):
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
     (job / "csv" / "version_0").mkdir(parents=True)
     with open(job / "csv" / "version_0" / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=["step", "reward", "rewards/ans/mean", "grad_norm", "rewards/ans_tmp/mean"]
-        )
+        fields = [
+            "step",
+            "loss",
+            "reward",
+            "rewards/ans/mean",
+            "grad_norm",
+            "rewards/ans_tmp/mean",
+            "val/accuracy",
+        ]
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for step, r in enumerate(rewards):
+            ans = "nan" if step % 2 else r / 2
             writer.writerow(
-                {
-                    "step": step,
-                    "reward": r,
-                    "rewards/ans/mean": "nan" if step % 2 else r / 2,
-                    "grad_norm": grad,
-                    "rewards/ans_tmp/mean": "",
-                }
+                {"step": step, "loss": 0.1, "reward": r, "rewards/ans/mean": ans, "grad_norm": grad}
             )
+            if step % 5 == 4:  # validation is logged in a row of its own: it must not count as a step
+                writer.writerow({"step": step, "val/accuracy": 0.5})
 
 
 def test_final_window():

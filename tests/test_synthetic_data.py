@@ -13,7 +13,7 @@ import torch
 from torchcodec.decoders import VideoDecoder
 
 from visd_exp.data.records import REQUIRED_FIELDS
-from visd_exp.data.synthetic import PRESETS, TASKS, ensure_dataset, generate
+from visd_exp.data.synthetic import CHAINS, PRESETS, TASKS, ensure_dataset, generate
 from visd_exp.data.synthetic_render import COLOURS
 
 CLAIM = r"<obj>[a-z ]+</obj><box>\[\d+,\d+,\d+,\d+\]</box>at<t>\d+\.\d</t>s"
@@ -30,7 +30,8 @@ def dataset(tmp_path_factory):
 
 def test_schema_and_task_types(dataset):
     records = [r for s in ("train", "val", "test") for r in load(dataset, s)]
-    assert {r["task"] for r in records} == set(TASKS)
+    assert {r["task"] for r in records} == set(TASKS) | set(CHAINS)
+    assert {r["task"] for r in load(dataset, "train")} == set(TASKS)  # chains are evaluation-only
     for r in records:
         for field in REQUIRED_FIELDS:
             assert isinstance(r[field], str) and r[field]

@@ -80,7 +80,15 @@ def test_feedback_reaches_the_privileged_block(cache_dir, tmp_path, monkeypatch,
         return original(answer, evidence, feedback)
 
     monkeypatch.setattr(module, "privileged_block", spy)
-    run(cache_dir, tmp_path, "+experiment=ema_topk", f"judge={judge}", "trainer.max_steps=1")
+    # no credit dump: its answer-only replay builds blocks without feedback on purpose (Eq. 29)
+    run(
+        cache_dir,
+        tmp_path,
+        "+experiment=ema_topk",
+        f"judge={judge}",
+        "trainer.max_steps=1",
+        "dumps.credit_every_n_steps=0",
+    )
     assert seen
     if judge == "rule":
         assert all(isinstance(f, str) and f for f in seen)

@@ -46,8 +46,9 @@ def run_seed(job_dir: Path) -> int | None:
 
 
 def read_rows(metrics_csv: Path) -> list[dict]:
+    """Training rows only: validation is logged in rows of its own (val/* columns, no loss)."""
     with metrics_csv.open() as handle:
-        return list(csv.DictReader(handle))
+        return [row for row in csv.DictReader(handle) if row.get("loss") not in (None, "")]
 
 
 def window_means(rows: list[dict]) -> dict[str, float]:

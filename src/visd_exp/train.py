@@ -49,6 +49,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for logger in trainer.loggers:  # close the offline wandb run, so a process running several is clean
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()
     if cfg.get("save_hf_model", True):
         module.model.save_pretrained(output_dir / "hf_model")
         from visd_exp.models.processor import save_processor
