@@ -139,3 +139,33 @@ def test_unwritable_run_directory_fails_at_start(cache_dir, tmp_path):
     assert result.returncode != 0
     assert f"cannot write the run directory {out}" in result.stderr + result.stdout
     shutil.rmtree(tmp_path / "hydra", ignore_errors=True)
+
+
+def test_ckpt_path_last_finds_the_newest_run(tmp_path):
+    import time
+
+    from omegaconf import OmegaConf
+
+    from visd_exp.utils.setup import resolve_ckpt_path
+
+    logs = tmp_path / "logs"
+    older = logs / "train" / "runs" / "2026-01-01_00-00-00" / "checkpoints" / "last.ckpt"
+    newer = logs / "train" / "multiruns" / "2026-01-02_00-00-00" / "3" / "checkpoints" / "last.ckpt"
+    for path in (older, newer):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        time.sleep(0.02)
+    cfg = OmegaConf.create(
+        {
+            "ckpt_path": "last",
+            "task_name": "train",
+            "paths": {"output_dir": str(tmp_path / "new_run"), "log_dir": str(logs)},
+        }
+    )
+    assert resolve_ckpt_path(cfg) == str(newer)
+    own = tmp_path / "new_run" / "checkpoints" / "last.ckpt"  # this run directory's own last.ckpt wins
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"x")
+    assert resolve_ckpt_path(cfg) == str(own)
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        resolve_ckpt_path(OmegaConf.merge(cfg, {"ckpt_path": str(tmp_path / "nope.ckpt")}))

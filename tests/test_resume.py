@@ -44,10 +44,11 @@ def rows_by_step(run_dir) -> dict[str, dict]:
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     out = {}
-    for row in rows:  # training rows carry 'loss'; validation rows only val/*
-        kind = "train" if row.get("loss") else "val"
-        clean = {k: v for k, v in row.items() if v != "" and not k.startswith(TIMING)}
-        out[f"{kind}:{row['step']}"] = clean
+    for row in rows:  # training rows carry 'loss', validation rows val/*; set-up counts (data/*) are skipped
+        values = {k: v for k, v in row.items() if v != ""}
+        kind = "train" if "loss" in values else "val" if any(k.startswith("val/") for k in values) else None
+        if kind:
+            out[f"{kind}:{row['step']}"] = {k: v for k, v in values.items() if not k.startswith(TIMING)}
     return out
 
 

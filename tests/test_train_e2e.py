@@ -52,14 +52,23 @@ def trained_run(cache_dir, tmp_path_factory):
     return run_dir, cfg, metrics
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def read_all_metrics(run_dir: Path) -> list[dict]:
+    """Every row: training steps, validation rows (val/*), the data set-up counts (data/*)."""
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
         return list(csv.DictReader(handle))
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The training rows (one per step)."""
+    return [row for row in read_all_metrics(run_dir) if row.get("loss")]
+
+
 def test_metrics_file_has_trl_names_for_every_step(trained_run):
     run_dir, _, _ = trained_run
-    rows = read_metrics(run_dir)
+    all_rows = read_all_metrics(run_dir)
+    setup = [r for r in all_rows if r.get("data/train_records")]  # data set-up counts, logged at start
+    assert setup and float(setup[0]["data/train_dropped_long_prompts"]) == 0.0
+    rows = [r for r in all_rows if r.get("loss")]
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
     for key in [
         "reward",

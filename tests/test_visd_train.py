@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -127,3 +129,14 @@ def test_six_experiment_multirun_writes_the_summary(cache_dir, tmp_path):
     )
     assert all(r["reward"] != "nan" and r["grad_norm"] != "nan" for r in table)
     assert "| Setting | Reward | Acc |" in (sweep / "summary.md").read_text()
+
+
+def test_bf16_autocast_step(cache_dir, tmp_path):
+    """Optional bf16 autocast (trainer.precision=bf16-mixed): the VISD step runs and stays finite."""
+    out = run(
+        cache_dir, tmp_path, "+experiment=ema_topk", "trainer.precision=bf16-mixed", "trainer.max_steps=2"
+    )
+    rows = [r for r in read_metrics(out) if r.get("loss")]
+    assert len(rows) == 2
+    for r in rows:
+        assert math.isfinite(float(r["loss"])) and math.isfinite(float(r["grad_norm"]))

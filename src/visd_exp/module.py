@@ -12,6 +12,7 @@ Optimisation is manual so that every stage is visible here and timed as `timing/
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -27,7 +28,7 @@ from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
 from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
 from visd_exp.models import vision_token_ids
 from visd_exp.objectives import clipped_surrogate_loss, group_advantages
-from visd_exp.rewards import COMPONENTS, score_batch
+from visd_exp.rewards import COMPONENTS, RewardConfig, score_batch
 from visd_exp.rollout.generation import generate_rollouts, policy_logprobs
 from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
 
@@ -96,6 +97,8 @@ class VISDModule(L.LightningModule):
         self.cfg = cfg  # the whole composed config (algorithm, reward, optim, ...)
         self.automatic_optimization = False
         self.suppress_ids = vision_token_ids(processor.tokenizer)
+        # Both versions of the thinking temporal reward are logged; thk_tmp rewards one per sample (Eq. 11/12).
+        self.point_reward_cfg = dataclasses.replace(RewardConfig.from_cfg(cfg.reward), thk_tmp_mode="point")
         self.teacher = build_teacher(cfg.get("teacher"), self.model)  # None for plain GRPO
         self.judge = build_judge(cfg.judge) if self.teacher is not None and cfg.get("judge") else None
         self.lam = 0.0  # set before every batch by LambdaSchedule
@@ -112,6 +115,13 @@ class VISDModule(L.LightningModule):
         if self.teacher is not None:
             callbacks.append(TeacherUpdate())
         return callbacks
+
+    def on_train_start(self) -> None:
+        """Data set-up counts (records, over-long prompts dropped, bad records skipped) at step 0."""
+        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer is not None else None
+        if stats:
+            for logger in self.trainer.loggers:
+                logger.log_metrics({k: float(v) for k, v in stats.items()}, step=self.global_step)
 
     def teardown(self, stage: str) -> None:
         if self.judge is not None:
@@ -273,6 +283,21 @@ class VISDModule(L.LightningModule):
             "data/skipped_videos": self.skipped_videos,
             **credit_metrics,
         }
+        point = score_batch(
+            rollouts.texts, samples, progress=self.training_progress(), cfg=self.point_reward_cfg
+        )
+        segment_values = [
+            s["thk_tmp"] for s, x in zip(scores, samples) if x.get("segment") and s["thk_tmp"] is not None
+        ]
+        point_values = [
+            p["thk_tmp"] for p, x in zip(point, samples) if x.get("key_frames") and p["thk_tmp"] is not None
+        ]
+        metrics["rewards/thk_tmp_segment/mean"] = (
+            sum(segment_values) / len(segment_values) if segment_values else math.nan
+        )
+        metrics["rewards/thk_tmp_point/mean"] = (
+            sum(point_values) / len(point_values) if point_values else math.nan
+        )
         for name in COMPONENTS:
             values = [s[name] for s in scores if s.get(name) is not None]
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values) if values else math.nan

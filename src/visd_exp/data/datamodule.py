@@ -231,6 +231,14 @@ class VideoQADataModule(L.LightningDataModule):
             raise DataValidationError(report)
         for problem in report.problems:
             log.warning("skipping %s", problem)
+        if report.skipped:
+            log.warning(
+                "%s: kept %d of %d records, skipped %d (data.validation=lenient)",
+                path,
+                len(records),
+                report.total,
+                report.skipped,
+            )
         self.stats[f"data/{split}_skipped"] = report.skipped
         self.stats["data/skipped"] = self.stats.get("data/skipped", 0) + report.skipped
         return records
