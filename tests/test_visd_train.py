@@ -140,3 +140,36 @@ def test_bf16_autocast_step(cache_dir, tmp_path):
     assert len(rows) == 2
     for r in rows:
         assert math.isfinite(float(r["loss"])) and math.isfinite(float(r["grad_norm"]))
+
+
+def test_credit_dump_holds_both_teachers_per_token(cache_dir, tmp_path):
+    """Token-credit dumps (Eq. 29-31): per token, Delta under both teachers, their difference, m_t, A^_t."""
+    import json
+
+    out = run(
+        cache_dir,
+        tmp_path,
+        "+experiment=ema_topk",
+        "trainer.max_steps=1",
+        "dumps.credit_every_n_steps=1",
+        "dumps.num_rollouts=3",
+    )
+    dump = json.loads((out / "credit_dumps" / "step_000000.json").read_text())
+    assert dump["lambda"] == 0.5 and dump["credit"] == "topk" and len(dump["rollouts"]) == 3
+    for r in dump["rollouts"]:
+        n = len(r["tokens"])
+        assert n > 0 and all(
+            len(r[k]) == n
+            for k in (
+                "token_ids",
+                "delta_feedback",
+                "delta_answer_only",
+                "delta_judge",
+                "weight",
+                "token_advantage",
+            )
+        )
+        for fb, ans, judge in zip(r["delta_feedback"], r["delta_answer_only"], r["delta_judge"]):
+            assert fb - ans == pytest.approx(judge, abs=1e-5)  # Eq. 31
+        assert all(0.8 - 1e-6 <= w <= 1.2 + 1e-6 for w in r["weight"])
+        assert r["feedback"] and isinstance(r["completion"], str)

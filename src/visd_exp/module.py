@@ -410,12 +410,7 @@ class VISDModule(L.LightningModule):
         )
 
     def token_log_ratio(self, t_logits, s_logits, tokens, mask) -> torch.Tensor:
-        """Delta_t per the `credit` group; padding positions get token id -100 (Delta = 0 there)."""
-        cfg, temperature = self.cfg.credit, self.cfg.algorithm.temperature
+        """Delta_t per the `credit` group on logits / temperature; padding gets token id -100 (Delta = 0)."""
+        temperature = self.cfg.algorithm.temperature
         tokens = tokens.masked_fill(mask == 0, -100)
-        t_logits, s_logits = t_logits / temperature, s_logits / temperature
-        if cfg.name == "topk":
-            return credit.topk_support_log_ratio(t_logits, s_logits, tokens, cfg.k, chunk_size=cfg.chunk_size)
-        if cfg.name == "sampled_token":
-            return credit.sampled_token_log_ratio(t_logits, s_logits, tokens, chunk_size=cfg.chunk_size)
-        raise ValueError(f"credit.name must be topk or sampled_token, got {cfg.name!r}")
+        return credit.log_ratio_for(self.cfg.credit, t_logits / temperature, s_logits / temperature, tokens)

@@ -11,6 +11,7 @@ Typical use inside the policy update (teacher replays the student's tokens, both
 
 from visd_exp.credit.log_ratio import (
     DEFAULT_CHUNK_SIZE,
+    log_ratio_for,
     sampled_token_log_ratio,
     support_decomposition,
     teacher_topk_indices,
@@ -21,6 +22,7 @@ from visd_exp.credit.weights import credit_stats, token_advantages, token_weight
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "credit_stats",
+    "log_ratio_for",
     "sampled_token_log_ratio",
     "support_decomposition",
     "teacher_topk_indices",

@@ -188,3 +188,13 @@ def support_decomposition(
         log_p_mass = c["s_lse_u"] - c["s_lse"]  # log P(U_t), Eq. 23
         calibration[b, t] = log_p_mass - log_q_mass  # local-support calibration, Eq. 24
     return evidence, calibration
+
+
+def log_ratio_for(credit_cfg, teacher_logits, student_logits, tokens) -> torch.Tensor:
+    """Delta_t as the `credit` config group says: `topk` (Eq. 3-4, K = credit_cfg.k) or `sampled_token`."""
+    chunk = credit_cfg.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    if credit_cfg.name == "topk":
+        return topk_support_log_ratio(teacher_logits, student_logits, tokens, credit_cfg.k, chunk_size=chunk)
+    if credit_cfg.name == "sampled_token":
+        return sampled_token_log_ratio(teacher_logits, student_logits, tokens, chunk_size=chunk)
+    raise ValueError(f"credit.name must be topk or sampled_token, got {credit_cfg.name!r}")
