@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from visd_exp.data import synthetic
 from visd_exp.data.synthetic import CHAINS, PRESETS, TASKS, ensure_dataset, generate, make_difficulty
@@ -136,16 +137,25 @@ def test_splits_are_disjoint_by_video(easy):
     assert synthetic.split_counts(64, (0.8, 0.1, 0.1)) == {"train": 52, "val": 6, "test": 6}
 
 
-def test_same_seed_same_bytes_other_seed_other_data(easy, tmp_path):
+def test_same_seed_same_data_other_seed_other_data(easy, tmp_path):
+    from torchcodec.decoders import VideoDecoder
+
     again = generate(tmp_path / "again", num_videos=24, seed=0)
-    # x264 with one thread is deterministic, so whole files compare byte for byte.
     for name in ["manifest.json", *(f"{s}.jsonl" for s in synthetic.SPLITS)]:
         assert (again / name).read_bytes() == (easy / name).read_bytes()
+    # The same frames up to codec noise. x264 is not bit-exact here: over 144 videos encoded twice, one
+    # differed, by at most 3 intensity levels on 208 of ~300k pixels (the object/background contrast is
+    # ~200 levels). So records compare byte for byte, decoded frames within 8 levels.
     for mp4 in sorted((easy / "videos").iterdir()):
-        assert (again / "videos" / mp4.name).read_bytes() == mp4.read_bytes()
+        a = VideoDecoder(str(mp4)).get_frames_in_range(start=0, stop=32).data
+        b = VideoDecoder(str(again / "videos" / mp4.name)).get_frames_in_range(start=0, stop=32).data
+        assert (a.int() - b.int()).abs().max() <= 8, mp4.name
     other = generate(tmp_path / "other", num_videos=24, seed=1)
     assert (other / "train.jsonl").read_bytes() != (easy / "train.jsonl").read_bytes()
-    assert (other / "videos" / "00000.mp4").read_bytes() != (easy / "videos" / "00000.mp4").read_bytes()
+    first = VideoDecoder(str(easy / "videos" / "00000.mp4")).get_frames_in_range(start=0, stop=32).data
+    assert not torch.equal(
+        VideoDecoder(str(other / "videos" / "00000.mp4")).get_frames_in_range(start=0, stop=32).data, first
+    )
 
 
 def test_decoded_video_shows_the_object_exactly_in_its_segment(easy):
