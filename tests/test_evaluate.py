@@ -119,3 +119,19 @@ def test_evaluate_command_on_a_training_checkpoint(cache_dir, tmp_path):
         len((out / "predictions.jsonl").read_text().splitlines()) == report["num_samples"] == 6
     )  # 1 test video
     assert "| Acc |" in (out / "report.md").read_text()
+
+    # the same student saved in Hugging Face format: identical greedy predictions
+    hf = [
+        sys.executable,
+        "-m",
+        "visd_exp.evaluate",
+        f"model_dir={run / 'hf_model'}",
+        "max_completion_length=48",
+        *shared_paths(cache_dir, tmp_path),
+        "data.synthetic.num_videos=12",
+        "hydra.run.dir=" + str(tmp_path / "hf"),
+    ]
+    result = subprocess.run(hf, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_ckpt = (out / "predictions.jsonl").read_text()
+    assert (tmp_path / "hf" / "predictions.jsonl").read_text() == from_ckpt

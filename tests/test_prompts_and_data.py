@@ -176,3 +176,9 @@ def test_bad_jsonl_line_names_file_line_and_field(tmp_path):
     path.write_text("{not json\n")
     with pytest.raises(RecordError, match=r"bad\.jsonl:1: <json>"):
         load_records(path)
+
+
+def test_native_video_input_is_refused_clearly(tiny, tmp_path):
+    _, processor = tiny
+    with pytest.raises(NotImplementedError, match="data.video_input='video'"):
+        VideoQADataModule(data_cfg(tmp_path / "x.jsonl", video_input="video"), processor)

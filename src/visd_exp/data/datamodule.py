@@ -155,6 +155,11 @@ class VideoQADataModule(L.LightningDataModule):
 
     def __init__(self, cfg, processor):
         super().__init__()
+        if cfg.get("video_input", "frames") != "frames":
+            raise NotImplementedError(
+                f"data.video_input={cfg.video_input!r}: only 'frames' (timestamped images) is built; a native video "
+                "input needs a torch-only video processor (transformers' own need torchvision)"
+            )
         self.cfg = cfg
         self.processor = processor
         self.datasets: dict[str, VideoQADataset] = {}
