@@ -8,9 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from visd_exp.data.prompts import render_prompt
 from visd_exp.judge import evidence_from_sample
 from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
-from visd_exp.teacher.replay import expand_and_tokenize, render_prompt
+from visd_exp.teacher.replay import expand_and_tokenize
 
 
 def small_net():
@@ -108,7 +109,9 @@ def replay_setup(tiny, tmp_path_factory):
 def test_teacher_prompt_tokens_match_the_processor(replay_setup):
     _, processor, batch, _, samples, _ = replay_setup
     for i, sample in enumerate(batch["samples"]):
-        text = render_prompt(processor, sample, "Verified answer: B")
+        text = render_prompt(
+            processor, sample, sample["frame_times"], sample["video_duration"], "Verified answer: B"
+        )
         frames = batch["frames"][i]
         want = processor(
             text=[text],

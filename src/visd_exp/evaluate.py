@@ -56,13 +56,10 @@ def load_for_eval(cfg: DictConfig):
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from visd_exp.data.datamodule import VideoQADataModule, collate_prompts
-    from visd_exp.evaluation import markdown_report, score_prediction, summarize_predictions
-    from visd_exp.models import vision_token_ids
-    from visd_exp.rollout.generation import generate_rollouts
+    from visd_exp.data.datamodule import VideoQADataModule
+    from visd_exp.evaluation import markdown_report, predict, summarize_predictions
     from visd_exp.utils.setup import quiet_known_warnings
 
     quiet_known_warnings()
@@ -79,29 +76,19 @@ def evaluate(cfg: DictConfig) -> dict:
     for other in ("train", "val", "test"):
         if other != split:
             data_cfg[f"{other}_file"] = None
+    data_cfg.batch_size = cfg.batch_size
     datamodule = VideoQADataModule(data_cfg, processor)
     datamodule.prepare_data()
     dataset = datamodule.build_split(split)
     if cfg.get("max_samples"):
         dataset.records, dataset.plans = dataset.records[: cfg.max_samples], dataset.plans[: cfg.max_samples]
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=False,
-        collate_fn=lambda items: collate_prompts(items, processor.tokenizer.pad_token_id),
-    )
-    greedy = OmegaConf.create(
-        {"num_generations": 1, "do_sample": False, "max_completion_length": cfg.max_completion_length}
-    )
-    suppress = vision_token_ids(processor.tokenizer)
+    datamodule.datasets[split] = dataset
+    batches = tqdm(datamodule.loader(split, shuffle=False), desc=f"evaluate {split}", unit="batch")
     rows = []
     with open(out_dir / "predictions.jsonl", "w") as handle:
-        for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch"):
-            rollouts = generate_rollouts(model, processor, batch, greedy, suppress)
-            for text, sample in zip(rollouts.texts, batch["samples"]):
-                row = score_prediction(text, sample)
-                rows.append(row)
-                handle.write(json.dumps(row) + "\n")
+        for row in predict(model, processor, batches, cfg.max_completion_length):
+            rows.append(row)
+            handle.write(json.dumps(row) + "\n")
     report = {
         "model": source,
         "split": split,

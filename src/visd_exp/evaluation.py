@@ -6,7 +6,10 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from omegaconf import OmegaConf
 
 from visd_exp.metrics import recall_at_iou, temporal_iou, vstar_summary
 from visd_exp.rewards import parse_completion, score
@@ -64,6 +67,20 @@ def score_prediction(completion: str, sample: Mapping) -> dict:
     if sample["task"] == "spatio_temporal_grounding":
         row["viou"] = components["ans_spa"] or 0.0
     return row
+
+
+@torch.no_grad()
+def predict(model, processor, batches: Iterable[dict], max_completion_length: int) -> Iterator[dict]:
+    """Greedy (deterministic) completion of each prompt, scored: one row per sample."""
+    from visd_exp.models import vision_token_ids
+    from visd_exp.rollout.generation import generate_rollouts
+
+    greedy = {"num_generations": 1, "do_sample": False, "max_completion_length": int(max_completion_length)}
+    suppress = vision_token_ids(processor.tokenizer)
+    for batch in batches:
+        rollouts = generate_rollouts(model, processor, batch, OmegaConf.create(greedy), suppress)
+        for text, sample in zip(rollouts.texts, batch["samples"]):
+            yield score_prediction(text, sample)
 
 
 def _mean(values: Sequence[float]) -> float:

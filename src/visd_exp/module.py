@@ -12,6 +12,7 @@ Optimisation is manual so that every stage is visible here and timed as `timing/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -47,17 +48,11 @@ class Stopwatch:
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
 
+    @contextlib.contextmanager
     def __call__(self, stage: str):
-        watch = self
-
-        class _Span:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                watch.seconds[stage] += time.perf_counter() - self.start
-
-        return _Span()
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] += time.perf_counter() - start
 
 
 def numpy_rng_state() -> dict:
@@ -153,7 +148,6 @@ class VISDModule(L.LightningModule):
         max_steps = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else 1
         return min(1.0, self.global_step / max_steps)
 
-    # -- the step -----------------------------------------------------------------------------------
     # -- exact resume: RNG states and the data position travel in the checkpoint ----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["visd_state"] = {
@@ -173,11 +167,13 @@ class VISDModule(L.LightningModule):
         self.batches_seen = state["batches_seen"]
         self.skipped_steps, self.skipped_videos = state["skipped_steps"], state["skipped_videos"]
 
+    # -- the step -----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         algo = self.cfg.algorithm
         watch = Stopwatch()
         step_start = time.perf_counter()
         G = algo.num_generations
+        progress = self.training_progress()  # sigma of the thinking temporal reward anneals with it
         self.batches_seen += 1
         self.stepped = False
         self.skipped_videos += batch.get("skipped_videos", 0)
@@ -192,9 +188,7 @@ class VISDModule(L.LightningModule):
         # Step 2: verifier rewards and group-relative advantages (lines 10-12, Eq. 10 and 14).
         with watch("reward"):
             samples = [sample for sample in batch["samples"] for _ in range(G)]
-            scores = score_batch(
-                rollouts.texts, samples, progress=self.training_progress(), cfg=self.cfg.reward
-            )
+            scores = score_batch(rollouts.texts, samples, progress=progress, cfg=self.cfg.reward)
             rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
             advantages = group_advantages(rewards, G)
 
@@ -277,15 +271,13 @@ class VISDModule(L.LightningModule):
             "entropy": entropy,
             "grad_norm": grad_norm.detach().float(),
             "lr": scheduler.get_last_lr()[0],
-            "progress": self.training_progress(),
+            "progress": progress,
             "lambda": self.lam,
             "train/skipped_steps": self.skipped_steps,
             "data/skipped_videos": self.skipped_videos,
             **credit_metrics,
         }
-        point = score_batch(
-            rollouts.texts, samples, progress=self.training_progress(), cfg=self.point_reward_cfg
-        )
+        point = score_batch(rollouts.texts, samples, progress=progress, cfg=self.point_reward_cfg)
         segment_values = [
             s["thk_tmp"] for s, x in zip(scores, samples) if x.get("segment") and s["thk_tmp"] is not None
         ]
@@ -301,9 +293,8 @@ class VISDModule(L.LightningModule):
         for name in COMPONENTS:
             values = [s[name] for s in scores if s.get(name) is not None]
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values) if values else math.nan
-            metrics[f"rewards/{name}/masked_frac"] = 1.0 - len(values) / len(
-                scores
-            )  # the paper's K(x) masking
+            # the share of rollouts whose sample cannot support the component (the paper's K(x) masking)
+            metrics[f"rewards/{name}/masked_frac"] = 1.0 - len(values) / len(scores)
         if self.judge is not None:
             metrics.update(self.judge.pop_metrics())
         for stage, seconds in watch.seconds.items():
@@ -316,8 +307,6 @@ class VISDModule(L.LightningModule):
             batch_size=len(batch["samples"]),
         )
         self.log("train/reward", float(rewards.mean()), prog_bar=True, on_step=True, logger=False)
-        self.last_rollouts = rollouts  # kept for callbacks that log samples
-        self.last_scores = scores
         return loss.detach()
 
     # -- VISD pieces --------------------------------------------------------------------------------
@@ -367,15 +356,15 @@ class VISDModule(L.LightningModule):
         token_advantages,
     ) -> None:
         """Save Delta under the feedback and answer-only teachers for M rollouts (Eq. 29-31)."""
-        from visd_exp.teacher.dump import judge_log_ratio, write_credit_dump
+        from visd_exp.teacher.dump import write_credit_dump
 
         m = min(int(self.cfg.dumps.num_rollouts), rollouts.num_rollouts)
         rows = slice(0, m)
         answer_only = self.replay_teacher(batch, rollouts, samples, [None] * len(samples))  # r = (a*, e)
-        tokens = rollouts.completion_ids.masked_fill(rollouts.completion_mask == 0, -100)
-        temperature = self.cfg.algorithm.temperature
-        d_judge = judge_log_ratio(
-            t_logits[rows] / temperature, answer_only[rows] / temperature, tokens[rows], self.cfg.credit
+        # delta^judge (Eq. 31) = log q~^{a,f}(y) - log q~^{a}(y) on the feedback teacher's support: the
+        # credit function with the feedback teacher as "teacher" and the answer-only teacher as "student".
+        d_judge = self.token_log_ratio(
+            t_logits[rows], answer_only[rows], rollouts.completion_ids[rows], rollouts.completion_mask[rows]
         )
         meta = [
             {

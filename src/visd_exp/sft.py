@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import torch
 from tqdm import tqdm
 
-from visd_exp.objectives import selective_log_softmax
-from visd_exp.rollout.generation import RolloutBatch
+from visd_exp.rollout.generation import RolloutBatch, policy_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def sft_loss(model, processor, batch: dict) -> torch.Tensor:
         for sample in batch["samples"]
     ]
     rb = target_batch(processor, batch, targets)
-    out = model(**rb.model_inputs(), logits_to_keep=rb.completion_ids.shape[1] + 1, use_cache=False)
-    logprobs = selective_log_softmax(out.logits[:, :-1], rb.completion_ids)
+    logprobs, _ = policy_logprobs(model, rb, temperature=1.0)
     mask = rb.completion_mask.float()
     return -(logprobs * mask).sum() / mask.sum()
 
@@ -74,10 +73,7 @@ def run_sft(
     # linear warm-up, then cosine decay to 10% of lr
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (
-            min(1.0, (s + 1) / max(1, warmup))
-            * (0.55 + 0.45 * torch.cos(torch.tensor(s / steps * 3.14159)).item())
-        ),
+        lambda s: min(1.0, (s + 1) / max(1, warmup)) * (0.55 + 0.45 * math.cos(math.pi * s / steps)),
     )
     losses = []
     batches = itertools.cycle(loader)

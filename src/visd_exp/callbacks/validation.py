@@ -11,7 +11,6 @@ import math
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 
 
 def flatten(report: dict, prefix: str = "val") -> dict[str, float]:
@@ -28,9 +27,7 @@ def flatten(report: dict, prefix: str = "val") -> dict[str, float]:
 class ValidationCallback(L.Callback):
     def __init__(self, every_n_steps: int = 50, max_samples: int = 32, max_completion_length: int = 160):
         self.every_n_steps, self.max_samples = int(every_n_steps), int(max_samples)
-        self.greedy = OmegaConf.create(
-            {"num_generations": 1, "do_sample": False, "max_completion_length": int(max_completion_length)}
-        )
+        self.max_completion_length = int(max_completion_length)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -42,21 +39,14 @@ class ValidationCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
-    @torch.no_grad()
     def validate(self, trainer, pl_module) -> dict[str, float]:
-        from visd_exp.evaluation import score_prediction, summarize_predictions
-        from visd_exp.rollout.generation import generate_rollouts
+        from visd_exp.evaluation import predict, summarize_predictions
 
         loader = trainer.datamodule.val_dataloader()
-        batches = math.ceil(self.max_samples / loader.batch_size)
-        # Sampling state must not leak into training: validation uses greedy decoding and restores RNG.
+        batches = itertools.islice(loader, math.ceil(self.max_samples / loader.batch_size))
+        # Validation must not move training's RNG (exact resume): greedy decoding, and the state restored.
         rng = torch.get_rng_state()
-        rows = []
-        for batch in itertools.islice(loader, batches):
-            rollouts = generate_rollouts(
-                pl_module.model, pl_module.processor, batch, self.greedy, pl_module.suppress_ids
-            )
-            rows += [score_prediction(t, s) for t, s in zip(rollouts.texts, batch["samples"])]
+        rows = list(predict(pl_module.model, pl_module.processor, batches, self.max_completion_length))
         torch.set_rng_state(rng)
         report = summarize_predictions(rows[: self.max_samples])
         report.pop("tasks", None)

@@ -23,8 +23,9 @@ from visd_exp.data.frames import (
     plan_frames,
     probe_video,
 )
-from visd_exp.data.prompts import build_messages
+from visd_exp.data.prompts import render_prompt
 from visd_exp.data.records import load_records
+from visd_exp.data.validate import DataValidationError, ProbeResult, load_valid_records
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,8 @@ def key_times(record: dict) -> list[float]:
     return [float(k["time"]) for k in record.get("key_frames") or [] if "time" in k]
 
 
-def prompt_text(processor, record: dict, plan: FramePlan, privileged: str | None = None) -> str:
-    messages = build_messages(record["question"], record["task"], plan.times, plan.duration, privileged)
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def prompt_text(processor, record: dict, plan: FramePlan) -> str:
+    return render_prompt(processor, record, plan.times, plan.duration)
 
 
 def prompt_length(processor, text: str, plan: FramePlan) -> int:
@@ -164,6 +164,7 @@ class VideoQADataModule(L.LightningDataModule):
         self.processor = processor
         self.datasets: dict[str, VideoQADataset] = {}
         self.stats: dict[str, float] = {}
+        self.probes: dict[str, ProbeResult] = {}  # video path -> probe, shared with validation
         self.batches_seen = 0  # training batches consumed: the data position saved in checkpoints
 
     def state_dict(self) -> dict:
@@ -199,7 +200,7 @@ class VideoQADataModule(L.LightningDataModule):
             records = [r for r in records if r["task"] in set(self.cfg.tasks)]
         kept, plans, dropped = [], [], 0
         for record in records:
-            info = probe_video(record["video_path"])  # VideoDecodeError names the file
+            info = self.video_info(record["video_path"])
             plan = plan_frames(info, self.cfg, key_times(record))
             if (
                 prompt_length(self.processor, prompt_text(self.processor, record, plan), plan)
@@ -223,15 +224,24 @@ class VideoQADataModule(L.LightningDataModule):
             raise ValueError(f"{path}: no usable records (all {len(records)} dropped or filtered)")
         return VideoQADataset(kept, plans, self.processor)
 
+    def video_info(self, path: str):
+        """The video's header: validation already probed it (once per file); otherwise probe now."""
+        probed = self.probes.get(path)
+        if probed is not None and probed.info is not None:
+            return probed.info
+        info = probe_video(path)  # VideoDecodeError names the file
+        self.probes[path] = ProbeResult(info, None)
+        return info
+
     def read_records(self, split: str, path: str) -> list[dict]:
         """Records of a split file, after validation: strict stops on any problem (all listed, with
         file:line: field), lenient drops bad lines and counts them (data/skipped), off only parses."""
         mode = self.cfg.get("validation", "strict")
         if mode == "off":
             return load_records(path)
-        from visd_exp.data.validate import DataValidationError, load_valid_records
-
-        records, report = load_valid_records(path, max_problems=int(self.cfg.get("max_problems", 50)))
+        records, report = load_valid_records(
+            path, max_problems=int(self.cfg.get("max_problems", 50)), cache=self.probes
+        )
         if report.problems and mode == "strict":
             raise DataValidationError(report)
         for problem in report.problems:
@@ -253,7 +263,8 @@ class VideoQADataModule(L.LightningDataModule):
             if split not in self.datasets and (dataset := self.build_split(split)) is not None:
                 self.datasets[split] = dataset
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader(self, split: str, shuffle: bool) -> DataLoader:
+        """A loader over a built split; shuffle=True is the resumable training order."""
         pad = self.processor.tokenizer.pad_token_id
         sampler = None
         if shuffle:
@@ -261,7 +272,6 @@ class VideoQADataModule(L.LightningDataModule):
                 len(self.datasets[split]), self.cfg.batch_size, int(self.cfg.get("seed", 0))
             )
             sampler.start(self.batches_seen)
-            self.train_sampler = sampler
         return DataLoader(
             self.datasets[split],
             batch_size=self.cfg.batch_size,
@@ -276,10 +286,10 @@ class VideoQADataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.loader("test", shuffle=False)

@@ -59,6 +59,14 @@ def build_messages(
     ]
 
 
+def render_prompt(
+    processor, record: Mapping, frame_times: Sequence[float], duration: float, privileged: str | None = None
+) -> str:
+    """The chat-template text of a record's prompt; student and teacher prompts both come from here."""
+    messages = build_messages(record["question"], record["task"], frame_times, duration, privileged)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def sample_text_for_corpus(sample: Mapping) -> str:
     """Plain text of a sample (question + answer + reasoning) for tokenizer training corpora."""
     parts = [sample.get("question", ""), sample.get("answer", ""), sample.get("reasoning_process", "")]

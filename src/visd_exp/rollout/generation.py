@@ -78,8 +78,9 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
     was_training = model.training
     model.eval()
     try:
-        sampling = {"do_sample": False}  # greedy (evaluation)
-        if cfg.get("do_sample", True):
+        sampling = {"do_sample": False}  # greedy (evaluation): no log-probs needed
+        do_sample = cfg.get("do_sample", True)
+        if do_sample:
             # transformers defaults top_k to 50: 0 disables it
             sampling = {
                 "do_sample": True,
@@ -94,7 +95,7 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
             suppress_tokens=suppress_token_ids,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            output_logits=True,
+            output_logits=do_sample,  # old log-probs for the update; greedy decoding keeps no [N, C, V] logits
             return_dict_in_generate=True,
         )
     finally:
@@ -102,9 +103,13 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
     prompt_len = inputs["input_ids"].shape[1]
     completion_ids = out.sequences[:, prompt_len:]
     mask, truncated = completion_mask_from(completion_ids, tokenizer.eos_token_id)
-    logits = torch.stack(out.logits, dim=1)  # raw logits, before temperature / top-p / suppression
-    old_logprobs = selective_log_softmax(logits, completion_ids, cfg.get("temperature", 1.0)) * mask
-    del logits, out
+    if do_sample:
+        logits = torch.stack(out.logits, dim=1)  # raw logits, before temperature / top-p / suppression
+        old_logprobs = selective_log_softmax(logits, completion_ids, cfg.temperature) * mask
+        del logits
+    else:
+        old_logprobs = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
+    del out
     # Tokens after the end token are padding: make them the pad id so decoding and replays ignore them.
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)

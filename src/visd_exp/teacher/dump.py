@@ -12,17 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from visd_exp import credit
-
 DUMP_DIR = "credit_dumps"
-
-
-def judge_log_ratio(fb_logits, ans_logits, tokens, credit_cfg) -> torch.Tensor:
-    """delta^judge_t = log q~^{a,f}(y_t) - log q~^{a}(y_t) on U_t = TopK(q^{a,f}) u {y_t} (Eq. 31): the
-    feedback teacher plays the 'teacher' and the answer-only teacher the 'student' of the credit function."""
-    return credit.log_ratio_for(credit_cfg, fb_logits, ans_logits, tokens)
 
 
 def write_credit_dump(out_dir: Path, step: int, lam: float, credit_cfg, tokenizer, rows: dict) -> Path:

@@ -10,16 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from visd_exp.data.prompts import build_messages
+from visd_exp.data.prompts import render_prompt
 from visd_exp.rollout.generation import RolloutBatch
-
-
-def render_prompt(processor, sample: dict, privileged: str | None) -> str:
-    """The chat-template text of a sample's prompt (+ the privileged block after the question)."""
-    messages = build_messages(
-        sample["question"], sample["task"], sample["frame_times"], sample["video_duration"], privileged
-    )
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def expand_and_tokenize(processor, text: str, image_grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -47,7 +39,9 @@ def teacher_inputs(
 ) -> dict:
     """Model inputs of the teacher replay for every rollout row: left-padded teacher prompt + completion."""
     rows = [
-        expand_and_tokenize(processor, render_prompt(processor, s, b), g)
+        expand_and_tokenize(
+            processor, render_prompt(processor, s, s["frame_times"], s["video_duration"], b), g
+        )
         for s, b, g in zip(samples, blocks, grids_per_row)
     ]
     length = max(len(ids) for ids, _ in rows)
