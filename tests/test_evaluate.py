@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -83,55 +80,23 @@ def test_summary_recall_at_iou_by_hand():
 
 
 def test_evaluate_command_on_a_training_checkpoint(cache_dir, tmp_path):
-    from conftest import PROJECT_ROOT
-    from test_train_e2e import FAST, shared_paths
+    from test_train_e2e import fast, run_module, shared_paths
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    train = [
-        sys.executable,
-        "-m",
-        "visd_exp.train",
-        "trainer.max_steps=2",
-        "logger=csv",
-        *[o for o in FAST if not o.startswith("trainer.max_steps")],
-        *shared_paths(cache_dir, tmp_path),
-    ]
-    assert subprocess.run(train, cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=600).returncode == 0
+    paths = shared_paths(cache_dir, tmp_path)
+    run_module("train", "trainer.max_steps=2", "logger=csv", *fast("trainer.max_steps"), *paths)
     (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
-    cmd = [
-        sys.executable,
-        "-m",
-        "visd_exp.evaluate",
-        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        "max_completion_length=48",
-        *shared_paths(cache_dir, tmp_path),
-        "data.synthetic.num_videos=12",
-    ]
-    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    evaluate = ["max_completion_length=48", "data.synthetic.num_videos=12", *paths]
+    run_module("evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *evaluate)
     (out,) = list((tmp_path / "logs" / "evaluate" / "runs").iterdir())
     report = json.loads((out / "report.json").read_text())
     for key in ("accuracy", "temporal", "spatial", "reward"):
         assert key in report
     assert set(report["temporal"]) == {"mIoU", "R1@0.3", "R1@0.5", "R1@0.7"}
     assert {"mAM", "mLGM", "am_chain1", "am_chain2"} <= set(report["vstar"])
-    assert (
-        len((out / "predictions.jsonl").read_text().splitlines()) == report["num_samples"] == 6
-    )  # 1 test video
+    predictions = (out / "predictions.jsonl").read_text()
+    assert len(predictions.splitlines()) == report["num_samples"] == 6  # 1 test video
     assert "| Acc |" in (out / "report.md").read_text()
 
     # the same student saved in Hugging Face format: identical greedy predictions
-    hf = [
-        sys.executable,
-        "-m",
-        "visd_exp.evaluate",
-        f"model_dir={run / 'hf_model'}",
-        "max_completion_length=48",
-        *shared_paths(cache_dir, tmp_path),
-        "data.synthetic.num_videos=12",
-        "hydra.run.dir=" + str(tmp_path / "hf"),
-    ]
-    result = subprocess.run(hf, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    from_ckpt = (out / "predictions.jsonl").read_text()
-    assert (tmp_path / "hf" / "predictions.jsonl").read_text() == from_ckpt
+    run_module("evaluate", f"model_dir={run / 'hf_model'}", *evaluate, f"hydra.run.dir={tmp_path / 'hf'}")
+    assert (tmp_path / "hf" / "predictions.jsonl").read_text() == predictions

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from test_frames import DATA_CFG
 from visd_exp.data.datamodule import VideoQADataModule, collate_prompts
 from visd_exp.data.frames import VideoDecodeError
 from visd_exp.data.prompts import SYSTEM_PROMPT, build_messages
@@ -37,26 +38,16 @@ def write_jsonl(path, records):
 
 
 def data_cfg(train_file, **extra):
-    return OmegaConf.create(
-        {
-            "train_file": str(train_file),
-            "val_file": None,
-            "test_file": None,
-            "synthetic": None,
-            "tasks": None,
-            "seed": 0,
-            "batch_size": 2,
-            "num_workers": 0,
-            "fps": 1.0,
-            "min_frames": 4,
-            "max_frames": 16,
-            "min_pixels": 3136,
-            "max_pixels": 100352,
-            "total_pixels": 401408,
-            "max_prompt_length": 16384,
-            **extra,
-        }
-    )
+    """A data config over one JSONL file, with test_frames' frame settings."""
+    files = {
+        "train_file": str(train_file),
+        "val_file": None,
+        "test_file": None,
+        "synthetic": None,
+        "tasks": None,
+    }
+    loading = {"seed": 0, "batch_size": 2, "num_workers": 0, "max_prompt_length": 16384}
+    return OmegaConf.merge(DATA_CFG, files, loading, extra)
 
 
 def test_messages_put_a_timestamp_before_each_frame():

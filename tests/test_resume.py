@@ -14,18 +14,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PROJECT_ROOT
-from test_train_e2e import FAST, shared_paths
+from test_train_e2e import fast, run_module, shared_paths
 
 STEPS = 8
 TIMING = ("step_time", "timing/", "judge/latency")
 
 
-def command(cache_dir, out_dir, *extra):
-    overrides = [o for o in FAST if not o.startswith(("trainer.max_steps", "callbacks.model_checkpoint"))]
+def overrides(cache_dir, out_dir, *extra) -> list[str]:
+    """One run of `python -m visd_exp.train` into `out_dir`: 8 steps, a checkpoint every 2."""
     return [
-        sys.executable,
-        "-m",
-        "visd_exp.train",
         "+experiment=ema_topk",
         f"trainer.max_steps={STEPS}",
         "logger=csv",
@@ -33,7 +30,7 @@ def command(cache_dir, out_dir, *extra):
         "callbacks.validation.every_n_steps=3",
         "callbacks.validation.max_samples=2",
         "dumps.credit_every_n_steps=0",
-        *overrides,
+        *fast("trainer.max_steps", "callbacks.model_checkpoint"),
         *shared_paths(cache_dir, out_dir),
         f"hydra.run.dir={out_dir}",
         *extra,
@@ -63,13 +60,10 @@ def loadable(path) -> bool:
 def test_kill_and_resume_is_exact(cache_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     full, killed, resumed = tmp_path / "full", tmp_path / "killed", tmp_path / "resumed"
-    done = subprocess.run(
-        command(cache_dir, full), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_module("train", *overrides(cache_dir, full))
 
     proc = subprocess.Popen(
-        command(cache_dir, killed),
+        [sys.executable, "-m", "visd_exp.train", *overrides(cache_dir, killed)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -86,15 +80,7 @@ def test_kill_and_resume_is_exact(cache_dir, tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (killed / "hf_model").exists()  # it really did not finish
 
-    again = subprocess.run(
-        command(cache_dir, resumed, f"ckpt_path={checkpoint}"),
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_module("train", *overrides(cache_dir, resumed, f"ckpt_path={checkpoint}"))
 
     expected, got = rows_by_step(full), rows_by_step(resumed)
     later = [k for k in expected if int(k.split(":")[1]) >= 4]

@@ -29,6 +29,26 @@ FAST = [
 ]
 
 
+def fast(*drop: str) -> list[str]:
+    """FAST without the overrides that start with any of `drop` (the caller sets those itself)."""
+    return [o for o in FAST if not o.startswith(drop)] if drop else list(FAST)
+
+
+def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600):
+    """`python -m visd_exp.<module> args...` offline from the project root; asserts that it succeeded."""
+    env = {**(os.environ if env is None else env), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "-m", f"visd_exp.{module}", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def shared_paths(cache_dir: Path, run_dir: Path) -> list[str]:
     return [
         f"paths.cache_dir={cache_dir}",
@@ -109,11 +129,14 @@ def test_wandb_offline_run_written(trained_run):
 
 def test_experiment_grpo_from_the_command_line(cache_dir, tmp_path, trained_run):
     """Acceptance: `python -m visd_exp.train +experiment=grpo trainer.max_steps=...` works as written."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "visd_exp.train", "+experiment=grpo", "trainer.max_steps=2", "logger=csv"]
-    cmd += [o for o in FAST if not o.startswith("trainer.max_steps")] + shared_paths(cache_dir, tmp_path)
-    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_module(
+        "train",
+        "+experiment=grpo",
+        "trainer.max_steps=2",
+        "logger=csv",
+        *fast("trainer.max_steps"),
+        *shared_paths(cache_dir, tmp_path),
+    )
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
     rows = read_metrics(runs[0])
@@ -122,20 +145,16 @@ def test_experiment_grpo_from_the_command_line(cache_dir, tmp_path, trained_run)
 
 
 def test_multirun_writes_one_directory_per_job(cache_dir, tmp_path, trained_run):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "visd_exp.train",
+    run_module(
+        "train",
         "-m",
         "+experiment=grpo",
         "seed=0,1",
         "trainer.max_steps=1",
         "logger=csv",
-    ]
-    cmd += [o for o in FAST if not o.startswith("trainer.max_steps")] + shared_paths(cache_dir, tmp_path)
-    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+        *fast("trainer.max_steps"),
+        *shared_paths(cache_dir, tmp_path),
+    )
     (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):

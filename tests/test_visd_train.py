@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_e2e import FAST, compose_train, read_metrics, shared_paths
+from test_train_e2e import FAST, compose_train, fast, read_metrics, run_module, shared_paths
 from visd_exp.train import train
 
 
@@ -101,26 +101,19 @@ def test_feedback_reaches_the_privileged_block(cache_dir, tmp_path, monkeypatch,
 def test_six_experiment_multirun_writes_the_summary(cache_dir, tmp_path):
     """Acceptance: the six experiments in one multirun directory, with a Table-5-style summary."""
     import csv
-    import os
-    import subprocess
-    import sys
 
-    from conftest import PROJECT_ROOT
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [
-        sys.executable,
+    experiments = "+experiment=ema_topk,no_feedback,current_topk,sync10_topk,ema_sampled,grpo"
+    run_module(
+        "train",
         "-m",
-        "visd_exp.train",
-        "-m",
-        "+experiment=ema_topk,no_feedback,current_topk,sync10_topk,ema_sampled,grpo",
+        experiments,
         "seed=0",
         "trainer.max_steps=2",
         "logger=csv",
-    ]
-    cmd += [o for o in FAST if not o.startswith("trainer.max_steps")] + shared_paths(cache_dir, tmp_path)
-    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+        *fast("trainer.max_steps"),
+        *shared_paths(cache_dir, tmp_path),
+        timeout=900,
+    )
     (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
     with open(sweep / "summary.csv") as handle:
         table = list(csv.DictReader(handle))
