@@ -271,6 +271,23 @@ def key_times(track: Track, d: Difficulty) -> list[float]:
     return sorted({track.start, middle, track.end})
 
 
+def grounding(target: Track, d: Difficulty) -> tuple[str, dict]:
+    """The queried object's evidence: its grounded claims at the key frames (text), and the record fields
+    segment, key_frames, key_items, image_size and duration shared by every record about it."""
+    times = key_times(target, d)
+    frames = [{"idx": round(t * d.fps), "time": t} for t in times]
+    boxes = [target.box(t) for t in times]
+    claims = " ".join(grounded_claim(target.name, b, t) for b, t in zip(boxes, times))
+    fields = {
+        "segment": [target.start, target.end],
+        "key_frames": frames,
+        "key_items": {str(f["idx"]): {target.name: [b]} for f, b in zip(frames, boxes)},
+        "image_size": list(d.frame_size),
+        "duration": float(d.duration),
+    }
+    return claims, fields
+
+
 def build_records(
     video_id: str,
     video_path: str,
@@ -281,10 +298,7 @@ def build_records(
 ) -> list[dict]:
     """One record per task about the scene's queried object, in docs/DATA.md's schema."""
     target = scene.target
-    times = key_times(target, d)
-    frames = [{"idx": round(t * d.fps), "time": t} for t in times]
-    boxes = [target.box(t) for t in times]
-    claims = " ".join(grounded_claim(target.name, b, t) for b, t in zip(boxes, times))
+    claims, evidence = grounding(target, d)
     span = f"from {format_time(target.start)} s to {format_time(target.end)} s"
     # Drawn for every video whatever `tasks` holds, so a task subset does not change the other records.
     letter_pos = int(rng.integers(4))
@@ -323,11 +337,7 @@ def build_records(
                 "question": question,
                 "options": options,
                 "answer": answer,
-                "segment": [target.start, target.end],
-                "key_frames": frames,
-                "key_items": {str(f["idx"]): {target.name: [b]} for f, b in zip(frames, boxes)},
-                "image_size": list(d.frame_size),
-                "duration": float(d.duration),
+                **evidence,
                 "reasoning_process": f"<think>{claims} {sentence}</think><answer>{answer}</answer>",
             }
         )
@@ -338,19 +348,14 @@ def build_chain_records(video_id: str, video_path: str, scene: Scene, d: Difficu
     """V-STAR's two reasoning chains as ordered three-part questions about the queried object:
     what (its colour), when (its visible span), where (its boxes at the key frames)."""
     target = scene.target
-    times = key_times(target, d)
-    frames = [{"idx": round(t * d.fps), "time": t} for t in times]
-    boxes = [target.box(t) for t in times]
+    claims, evidence = grounding(target, d)
     parts = {
         "what": (f"What colour is the {target.shape} that moves {target.direction}?", target.colour),
         "when": (
             "When is it visible?",
             f"From <t>{format_time(target.start)}</t>s to <t>{format_time(target.end)}</t>s",
         ),
-        "where": (
-            "Where is it at the key moments?",
-            " ".join(grounded_claim(target.name, b, t) for b, t in zip(boxes, times)),
-        ),
+        "where": ("Where is it at the key moments?", claims),
     }
     records = []
     for task, order in CHAINS.items():
@@ -367,11 +372,7 @@ def build_chain_records(video_id: str, video_path: str, scene: Scene, d: Difficu
                 "answer": answer,
                 "chain": list(order),
                 "what": target.colour,
-                "segment": [target.start, target.end],
-                "key_frames": frames,
-                "key_items": {str(f["idx"]): {target.name: [b]} for f, b in zip(frames, boxes)},
-                "image_size": list(d.frame_size),
-                "duration": float(d.duration),
+                **evidence,
                 "reasoning_process": f"<think>{parts['where'][1]}</think><answer>{answer}</answer>",
             }
         )
