@@ -35,7 +35,12 @@ SAMPLES = [
     {"task": "free_form", "answer": "the red square moves left", "segment": [0.0, 1.0]},
     {"task": "numerical", "answer": "3"},
     {"task": "regression", "answer": "10", "key_frames": [{"idx": 1, "time": 0.5}]},
-    {},
+    {"task": "ocr", "answer": "STOP AHEAD"},
+    {"task": "temporal QA (MCQ)", "answer": "C\n[11.5, 19.0]"},
+    {"task": "temporal-spatial free-form QA", "answer": "a dog", "key_frames": [{"idx": 1, "time": 0.5}]},
+    {"task": "visual QA", "answer": "<obj>car</obj><box>[1, 2, 30, 40]</box>", "image_size": [50, 50]},
+    {"task": "visual QA"},  # no reference box: its components are masked
+    {"task": "General video QA MCQ"},
     # broken records must not break the verifier either
     {
         "task": "spatio_temporal_grounding",
@@ -43,6 +48,8 @@ SAMPLES = [
         "key_frames": [None, {"idx": "x"}, {"idx": 2}],
     },
     {"task": "temporal_grounding", "segment": ["a", 1], "duration": "long", "image_size": [0, 0]},
+    {"task": "temporal QA", "answer": "[1, 2, 3]"},
+    {"task": "temporal QA (MCQ)", "answer": "C"},
     {
         "task": "spatio_temporal_grounding",
         "key_frames": [{"idx": 5, "time": float("nan")}, {"idx": 6, "time": 2.0}],
@@ -54,7 +61,8 @@ SAMPLES = [
 CFGS = [
     None,
     {"one_sided_gate": True, "name_match": "none"},
-    {"divide_by": "matched", "name_match": "strict", "thk_tmp_mode": "point"},
+    {"divide_by": "matched", "name_match": "strict", "parsing": "lenient"},
+    {"one_sided_gate": True, "box_match": "object_mean", "outside_video_zero": True},
     {"weights": {"ans": 2.0, "fmt": 0.5, "thk_spa": 3.0}, "tau": 0.0, "sigma_start": 0.0},
 ]
 MAX_TOTAL = 6 * 3.0

@@ -14,7 +14,8 @@ COMPONENTS = ("ans", "fmt", "ans_tmp", "ans_spa", "thk_tmp", "thk_spa")
 _CHOICES = {
     "divide_by": ("all", "matched"),
     "name_match": ("none", "soft", "strict"),
-    "thk_tmp_mode": ("auto", "segment", "point"),
+    "box_match": ("max", "object_mean"),
+    "parsing": ("strict", "lenient"),
 }
 
 
@@ -24,22 +25,21 @@ def _default_weights() -> Mapping[str, float]:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Verifier settings. Defaults reproduce Open-o3-Video's reward with the two-sided time gate."""
+    """Verifier settings. The defaults follow VISD's Eq. 10-13 and Open-o3-Video where the paper is silent;
+    conf/reward/open_o3.yaml reproduces Open-o3-Video's reward code exactly (README: Rewards)."""
 
     weights: Mapping[str, float] = field(default_factory=_default_weights)  # alpha_k of Eq. 10
     tau: float = 1.0  # seconds: time tolerance between a claim and a key frame (Eq. 13)
-    one_sided_gate: bool = (
-        False  # True: the original gate t_gt - t_pred < tau instead of |t_gt - t_pred| <= tau
-    )
-    divide_by: str = "all"  # thk_spa denominator Z: "all" box claims or only "matched" (time-gated) ones
-    name_match: str = "soft"  # claim name vs GT object: none | soft (shared word/substring) | strict
-    thk_tmp_mode: str = (
-        "auto"  # when a sample has a segment AND key frames: auto (= segment) | segment | point
-    )
+    one_sided_gate: bool = False  # True: Open-o3-Video's gate t_gt - t_pred < tau instead of Eq. 13's
+    box_match: str = "max"  # Eq. 13's max over the frame's GT boxes | object_mean (Open-o3-Video)
+    divide_by: str = "all"  # thk_spa denominator Z: "all" think claims or only "matched" (time-gated) ones
+    name_match: str = "none"  # claim <obj> name vs GT object: none (Eq. 13 as written) | soft | strict
     sigma_start: float = 4.0  # Eq. 12 sigma = sigma_start * (1 - p) while p < sigma_switch ...
     sigma_end: float = 1.0  # ... and sigma_end afterwards (p = training progress in [0, 1])
     sigma_switch: float = 0.75
-    outside_video_zero: bool = True  # think timestamps outside [0, duration] score 0 in thk_tmp
+    outside_video_zero: bool = False  # think timestamps outside [0, duration] score 0 in thk_tmp
+    parsing: str = "strict"  # Open-o3-Video's output grammar | lenient (rewards/reading.py)
+    rouge_stemmer: bool = True  # Porter stemming in ROUGE (Open-o3-Video, Video-R1)
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(COMPONENTS)

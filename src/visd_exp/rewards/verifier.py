@@ -9,7 +9,7 @@ from typing import Any
 from visd_exp.rewards import components as C
 from visd_exp.rewards.config import RewardConfig
 from visd_exp.rewards.groundtruth import ground_truth
-from visd_exp.rewards.parsing import parse_completion
+from visd_exp.rewards.reading import read
 
 
 def _unit(x: float | None) -> float | None:
@@ -20,15 +20,15 @@ def _unit(x: float | None) -> float | None:
 
 
 def _score(completion: str, sample: Mapping, progress: float, cfg: RewardConfig) -> dict[str, float | None]:
-    p = parse_completion(completion)
-    gt = ground_truth(sample)
+    r = read(completion, cfg.parsing)
+    gt = ground_truth(sample)  # the task decides K(x): rewards/tasks.py
     out: dict[str, float | None] = {
-        "ans": _unit(C.ans(p, gt)),
-        "fmt": _unit(C.fmt(p)),
-        "ans_tmp": _unit(C.ans_tmp(p, gt)),
-        "ans_spa": _unit(C.ans_spa(p, gt, cfg)),
-        "thk_tmp": _unit(C.thk_tmp(p, gt, cfg, progress)),
-        "thk_spa": _unit(C.thk_spa(p, gt, cfg)),
+        "ans": _unit(C.ans(r, gt, cfg)),
+        "fmt": _unit(C.fmt(r.text, gt.spec.fmt)),
+        "ans_tmp": _unit(C.ans_tmp(r, gt)),
+        "ans_spa": _unit(C.ans_spa(r, gt, cfg)),
+        "thk_tmp": _unit(C.thk_tmp(r, gt, cfg, progress)),
+        "thk_spa": _unit(C.thk_spa(r, gt, cfg)),
     }
     # Eq. 10: R = sum_{k in K(x)} alpha_k r_k, K(x) = the components that are not masked (None).
     out["total"] = float(sum(cfg.weights[k] * v for k, v in out.items() if v is not None))
@@ -41,7 +41,8 @@ def score(
     """Score one completion against one record.
 
     Returns {ans, fmt, ans_tmp, ans_spa, thk_tmp, thk_spa, total}: each component in [0, 1] or None
-    (masked), total a float. `progress` in [0, 1] anneals Eq. 12's sigma; `cfg` is a RewardConfig, a
+    (masked: outside the task's K(x), or the record lacks the annotation), total a float. The record's
+    `task` picks the components (rewards/tasks.py); an unknown task raises UnknownTaskError. `progress` in [0, 1] anneals Eq. 12's sigma; `cfg` is a RewardConfig, a
     Mapping / DictConfig shaped like conf/reward/default.yaml, or None for the defaults.
     """
     return _score(completion, sample, float(progress), RewardConfig.from_cfg(cfg))
