@@ -118,6 +118,32 @@ def bad_file(dataset):
         (json.dumps(variant(ff, tg["id"])), ("id", "duplicate id")),  # 16
         ("", None),  # 17: blank lines are skipped, but still counted in line numbers
         (json.dumps(st), None),  # 18
+        # Open-o3-Video's task strings: what the task's rewards need must be there
+        (
+            json.dumps(variant(tg, "o3-tg", task="temporal QA", segment=KeyError, answer="[2.0, 4.0]")),
+            None,
+        ),  # 19
+        (
+            json.dumps(variant(tg, "o3-tg-no-interval", task="temporal QA", segment=KeyError, answer="soon")),
+            ("segment", "needs the interval"),
+        ),  # 20
+        (
+            json.dumps(variant(tg, "o3-tgc", task="temporal QA (MCQ)", segment=KeyError, answer="C\n[1, 3]")),
+            None,
+        ),
+        (
+            json.dumps(variant(tg, "o3-tgc-no-letter", task="temporal QA (MCQ)", answer="[1.0, 3.0]")),
+            ("answer", "option letter"),
+        ),  # 22
+        (json.dumps(variant(st, "o3-st", task="temporal-spatial free-form QA", answer="a red thing")), None),
+        (
+            json.dumps(
+                variant(st, "o3-st-no-boxes", task="temporal-spatial free-form QA", key_items=KeyError)
+            ),
+            ("key_items", "needs boxes"),
+        ),  # 24
+        (json.dumps(variant(mc, "o3-mc", task="General video QA MCQ", options=KeyError)), None),  # 25
+        (json.dumps(variant(ff, "video-r1-num", task="numerical", answer="3")), None),  # 26
     ]
     path = dataset / "bad.jsonl"
     path.write_text("".join(text + "\n" for text, _ in lines))

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from visd_exp.metrics import recall_at_iou, temporal_iou, vstar_summary
-from visd_exp.rewards import parse_completion, score
+from visd_exp.rewards import canonical_task, parse_completion, score, task_spec
 
 CHAIN_TASKS = {"vstar_what_when_where": 1, "vstar_what_where_when": 2}
 _WORDS = re.compile(r"[a-z0-9]+")
@@ -46,25 +46,29 @@ def chain_scores(answer: str | None, sample: Mapping) -> dict[str, float]:
 
 
 def score_prediction(completion: str, sample: Mapping) -> dict:
-    """Per-sample record of the prediction and its scores."""
+    """Per-sample record of the prediction and its scores (`task` is the project's name for the task)."""
     parsed = parse_completion(completion)
+    chain = sample["task"] in CHAIN_TASKS
     row = {
         "id": sample.get("id"),
-        "task": sample["task"],
+        "task": sample["task"] if chain else canonical_task(sample["task"]),
         "answer": sample["answer"],
         "prediction": completion,
         "parsed_answer": parsed.answer,
     }
-    if sample["task"] in CHAIN_TASKS:
+    if chain:
         row.update(chain_scores(parsed.answer, sample))
         return row
     components = score(completion, sample, progress=1.0)
     row.update({f"reward/{k}": v for k, v in components.items()})
-    if sample["task"] in ("multiple_choice", "free_form"):
-        row["correct"] = float(answer_correct(parsed.answer, sample))
-    if sample["task"] == "temporal_grounding":
+    spec = task_spec(sample["task"])
+    if spec.answer in ("choice", "choice_keyed", "number"):
+        row["correct"] = float(components["ans"] == 1.0)  # the verifier's exact rule
+    elif spec.answer is not None:
+        row["correct"] = float(answer_correct(parsed.answer, sample))  # normalised exact text
+    if spec.ans_tmp:
         row["tiou"] = components["ans_tmp"] or 0.0
-    if sample["task"] == "spatio_temporal_grounding":
+    if spec.ans_spa is not None:
         row["viou"] = components["ans_spa"] or 0.0
     return row
 

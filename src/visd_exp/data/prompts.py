@@ -19,6 +19,13 @@ SYSTEM_PROMPT = (
 # Task-specific reminders appended to the question; they tell the model which answer format is scored.
 TASK_INSTRUCTIONS = {
     "temporal_grounding": "Answer with the time span as From <t>start</t>s to <t>end</t>s.",
+    "temporal_grounding_choice": (
+        "Answer with the time span as From <t>start</t>s to <t>end</t>s. then, on a new line, "
+        "Correct Option: and the option letter."
+    ),
+    "spatio_temporal_qa": "Answer in a few words.",
+    "visual_qa": "Answer with <obj>object</obj><box>[x1,y1,x2,y2]</box>.",
+    "ocr": "Answer with the text exactly as written.",
     "spatio_temporal_grounding": "Answer with <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s.",
     "multiple_choice": "Answer with the option letter.",
     "free_form": "Answer in a few words.",
@@ -27,6 +34,15 @@ TASK_INSTRUCTIONS = {
     "vstar_what_when_where": "Answer: colour; From <t>start</t>s to <t>end</t>s; <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s.",
     "vstar_what_where_when": "Answer: colour; <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s; From <t>start</t>s to <t>end</t>s.",
 }
+
+
+def _canonical(task: str) -> str | None:
+    from visd_exp.rewards.tasks import UnknownTaskError, canonical_task
+
+    try:
+        return canonical_task(task)
+    except UnknownTaskError:
+        return None
 
 
 def format_seconds(t: float) -> str:
@@ -49,7 +65,7 @@ def build_messages(
         content.append({"type": "text", "text": f"Frame {i + 1} at {format_seconds(t)}s:"})
         content.append({"type": "image"})
         content.append({"type": "text", "text": "\n"})
-    instruction = TASK_INSTRUCTIONS.get(task, "")
+    instruction = TASK_INSTRUCTIONS.get(task) or TASK_INSTRUCTIONS.get(_canonical(task), "")
     content.append({"type": "text", "text": f"{question.strip()}\n{instruction}".rstrip()})
     if privileged:
         content.append({"type": "text", "text": "\n" + privileged.strip()})

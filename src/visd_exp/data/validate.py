@@ -24,18 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from visd_exp.data.frames import VideoInfo
+from visd_exp.data.task_checks import CHAIN_TASKS, check_task_supervision
+from visd_exp.rewards.tasks import TASK_NAMES
 
-TASKS = (
-    "temporal_grounding",
-    "spatio_temporal_grounding",
-    "multiple_choice",
-    "free_form",
-    "numerical",
-    "regression",
-    # V-STaR-style chained questions (what-when-where, what-where-when): the synthetic test split.
-    "vstar_what_when_where",
-    "vstar_what_where_when",
-)
+# The reward's task table (project names, Open-o3-Video's and Video-R1's spellings) and V-STaR-style
+# chained questions (what-when-where, what-where-when): the synthetic test split.
+TASKS = (*TASK_NAMES, *CHAIN_TASKS)
 REQUIRED_STRINGS = ("id", "task", "video_path", "question", "answer")
 OPTIONAL_STRINGS = ("source", "reasoning_process")
 PROGRESS_MIN_VIDEOS = 20  # below this a progress bar is only noise
@@ -169,7 +163,7 @@ def check_strings(record: dict) -> Issues:
             issues.append((name, f"expected a string, got {_type_name(record[name])}"))
     task = record.get("task")
     if isinstance(task, str) and task.strip() and task not in TASKS:
-        issues.append(("task", f"unknown task {task!r} (valid: {', '.join(TASKS)})"))
+        issues.append(("task", f"unknown task {task!r} (valid: {', '.join(repr(t) for t in TASKS)})"))
     return issues
 
 
@@ -351,6 +345,7 @@ def check_record(record: Any, base_dir: Path, cache: dict[str, ProbeResult] | No
         *check_segment(record, duration),
         *check_key_frames(record, duration),
         *check_key_items(record),
+        *(check_task_supervision(record) if not check_strings(record) else []),
     ]
 
 
