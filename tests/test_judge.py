@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from visd_exp.judge import (
     METRIC_KEYS,
     Judge,
+    JudgeError,
     JudgeItem,
     RuleJudge,
     build_judge,
@@ -71,8 +72,13 @@ def test_build_messages_keeps_braces_and_dollars_verbatim():
     assert nasty in user and "temporal_grounding" in user
     assert '"segment": [2.0, 5.0]' in user
     assert "JSON" in msgs[0]["content"] and "feedback" in msgs[0]["content"]
-    # the rendered message parses back to exactly the fields that went in
-    assert parse_user_message(user) == prompt_fields(tg(nasty))
+    # the rendered message parses back to exactly the fields that went in, with either template
+    fields = prompt_fields(tg(nasty))
+    parsed = parse_user_message(user)
+    assert parsed == {k: fields[k] for k in parsed} and set(parsed) >= {"task", "student_output"}
+    para = build_messages(tg(nasty), template="paraphrase")[1]["content"]
+    parsed = parse_user_message(para, template="paraphrase")
+    assert parsed == {k: fields[k] for k in parsed} and "notes" in parsed
 
 
 def test_prompt_marks_missing_answer_and_missing_evidence():
@@ -274,7 +280,11 @@ def load_group(name: str):
     return OmegaConf.merge(*(load_group(p) for p in parents), cfg) if parents else cfg
 
 
-def test_build_judge_from_each_config(tmp_path):
+def test_build_judge_from_each_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(JudgeError, match="OPENAI_API_KEY"):  # a remote judge with no key: fails at build
+        build_judge(OmegaConf.merge(load_group("openai"), {"cache_dir": None}))
+    monkeypatch.setenv("OPENAI_API_KEY", "fake-key-for-construction")
     assert build_judge(load_group("none")) is None
     assert isinstance(build_judge(load_group("rule")), RuleJudge)
     for name in ("openai", "vllm"):
@@ -304,3 +314,103 @@ def test_hydra_composes_the_judge_group(tmp_path):
     judge = build_judge(cfg.judge)
     assert isinstance(judge, HttpJudge)
     judge.close()
+
+
+# -- the task table's tasks --------------------------------------------------------------------------------
+
+
+def test_rule_judge_reads_every_task_name_of_the_task_table():
+    from visd_exp.judge.reference import KIND_OF_TASK, parse_reference, task_kind
+    from visd_exp.rewards.tasks import TASK_NAMES, canonical_task
+
+    assert set(KIND_OF_TASK) == {canonical_task(name) for name in TASK_NAMES}  # no task left out
+    judge = RuleJudge()
+    for name in TASK_NAMES:
+        # a reference that would be inferred as free text: the kind must come from the name itself
+        assert task_kind(name, parse_reference("a cat")) == KIND_OF_TASK[canonical_task(name)], name
+        d = judge.diagnose(
+            JudgeItem(name, "q", "C\n[11.5, 19.0]", None, "<think>x</think><answer>C</answer>")
+        )
+        assert 2 <= len(d.sentences) <= 4
+    assert task_kind("General video QA MCQ", parse_reference("a cat")) == "multiple_choice"
+    assert task_kind("general video qa free-form", parse_reference("B")) == "free_form"  # any case
+    assert task_kind("tg", parse_reference("x")) == "temporal_grounding"  # the older short names
+
+
+MCQ_REF = "C\n[11.5, 19.0]"
+MCQ_THINK = "<think>He picks up the cup at <t>12.0</t>s and puts it down at <t>18.0</t>s.</think>"
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict", "phrase"),
+    [
+        ("From <t>11.5</t>s to <t>19.0</t>s.\nCorrect Option: C", "correct", "picks the reference option C"),
+        ("From <t>11.0</t>s to <t>19.0</t>s.\nCorrect Option: B", "partly", "picks option B but"),
+        ("From <t>1.0</t>s to <t>4.0</t>s.\nCorrect Option: C", "partly", "temporal IoU 0.00"),
+        ("From <t>1.0</t>s to <t>4.0</t>s.\nCorrect Option: A", "wrong", "picks option A but"),
+        ("From <t>11.5</t>s to <t>19.0</t>s.", "partly", "names no option letter"),
+    ],
+)
+def test_rule_judge_temporal_mcq_scores_letter_and_span(answer, verdict, phrase):
+    item = JudgeItem(
+        "temporal QA (MCQ)", "When?\nA. a\nB. b\nC. c", MCQ_REF, None, f"{MCQ_THINK}<answer>{answer}</answer>"
+    )
+    d = RuleJudge().diagnose(item)
+    assert d.verdict == verdict and phrase in d.feedback, d.feedback
+    assert ("reference [11.5, 19.0] s" in d.feedback) or "gives no parseable" in d.feedback
+
+
+@pytest.mark.parametrize("ref", ["[6.0, 14.0]", "From <t>6.0</t>s to <t>14.0</t>s"])
+def test_rule_judge_temporal_qa_reference_forms(ref):
+    think = "<think>The man starts running at <t>7.0</t>s and stops at <t>13.0</t>s, clearly.</think>"
+    right = JudgeItem(
+        "temporal QA", "When?", ref, None, f"{think}<answer>From <t>6.0</t>s to <t>14.0</t>s</answer>"
+    )
+    literal = JudgeItem("temporal QA", "When?", ref, None, f"{think}<answer>[6.5, 14.0]</answer>")
+    wrong = JudgeItem(
+        "temporal QA", "When?", ref, None, f"{think}<answer>From <t>20.0</t>s to <t>25.0</t>s</answer>"
+    )
+    judge = RuleJudge()
+    assert judge.diagnose(right).verdict == "correct"
+    assert judge.diagnose(literal).verdict == "correct"  # a literal span answer is read too
+    d = judge.diagnose(wrong)
+    assert d.verdict == "wrong" and "reference [6.0, 14.0] s" in d.feedback
+
+
+def test_rule_judge_visual_qa_box_and_spatio_temporal_qa():
+    judge = RuleJudge()
+    ref = "The <obj>dog</obj><box>[10, 10, 50, 50]</box> is on the sofa."
+    think = "<think>The <obj>dog</obj><box>[10,10,50,50]</box> lies on the sofa on the left side.</think>"
+    right = JudgeItem(
+        "visual QA",
+        "Where is the dog?",
+        ref,
+        None,
+        f"{think}<answer><obj>dog</obj><box>[12,10,50,52]</box></answer>",
+    )
+    wrong = JudgeItem(
+        "visual QA",
+        "Where is the dog?",
+        ref,
+        None,
+        f"{think}<answer><obj>dog</obj><box>[80,80,99,99]</box></answer>",
+    )
+    assert judge.diagnose(right).verdict == "correct"
+    d = judge.diagnose(wrong)
+    assert d.verdict == "wrong" and "IoU 0.00 with the reference box" in d.feedback
+    # the reference box is in image pixels; the student's is in the resized frame's
+    sample = {"image_size": [200, 200], "frame_size": [100, 100]}
+    scaled = JudgeItem(
+        "visual QA", "q", "<box>[20, 20, 100, 100]</box>", None, right.completion, sample=sample
+    )
+    assert judge.diagnose(scaled).verdict == "correct"
+    stqa = JudgeItem(
+        "temporal-spatial free-form QA",
+        "What does the man hold?",
+        "a red umbrella",
+        EVIDENCE,
+        "<think>At <t>3.0</t>s the <obj>man</obj><box>[10,10,50,50]</box>at<t>3.0</t>s holds it up.</think>"
+        "<answer>a blue suitcase</answer>",
+    )
+    d = judge.diagnose(stqa)
+    assert d.verdict == "wrong" and "token F1" in d.feedback

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
@@ -11,8 +10,10 @@ import time
 import httpx
 import pytest
 
-from visd_exp.judge import JudgeItem, RuleJudge
+from visd_exp.judge import JudgeError, JudgeItem, RuleJudge
+from visd_exp.judge.base import FallbackGuard
 from visd_exp.judge.http import HttpJudge
+from visd_exp.judge.replies import error_message
 from visd_exp.judge.serve import start_server, stop
 
 TG_REF = "From <t>2.0</t>s to <t>5.0</t>s"
@@ -202,9 +203,11 @@ def test_api_key_is_sent_but_never_stored(serve, make_judge, tmp_path, monkeypat
     for path in (tmp_path / "c").rglob("*"):
         assert path.is_dir() or secret not in path.read_text()
         assert secret not in path.name
-    # no key in the environment: required -> no request at all; optional -> sent without a header
+    # the key disappears: required -> an error naming the variable, no request; optional -> no header
     monkeypatch.delenv("VISD_JUDGE_TEST_KEY")
-    assert judge.judge_batch([item(5)]) == [None] and server.stats["chat"] == 2
+    with pytest.raises(JudgeError, match="VISD_JUDGE_TEST_KEY") as err:
+        judge.judge_batch([item(5)])
+    assert server.stats["chat"] == 2 and secret not in str(err.value)
     optional = make_judge(url, api_key_env="VISD_JUDGE_TEST_KEY", api_key_required=False)
     assert optional.judge_batch([item(5)])[0] and server.stats["authorized"] == 2
 
@@ -228,20 +231,111 @@ def test_callable_from_threads_and_running_loops_many_times(serve, make_judge):
     assert judge.judge_batch([item(0)])[0]  # usable again after close
 
 
-def test_server_answers_any_shape_with_json_feedback(serve):
+def test_server_reports_models(serve):
     server, url = serve()
     with httpx.Client(timeout=5) as client:
-        for body in (
-            {"model": "x", "messages": [{"role": "user", "content": "Is the sky blue?"}]},
-            {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
-            {"messages": []},
-            "not an object",
-        ):
-            r = client.post(f"{url}/chat/completions", json=body)
-            assert r.status_code == 200
-            feedback = json.loads(r.json()["choices"][0]["message"]["content"])["feedback"]
-            assert "could not" in feedback
-        r = client.post(f"{url}/chat/completions", content=b"{not json")
-        assert r.status_code == 200 and "could not" in r.json()["choices"][0]["message"]["content"]
         models = client.get(f"{url}/models").json()
         assert models["data"][0]["id"] == "visd-rule-judge"
+
+
+# -- loud failures ---------------------------------------------------------------------------------------------
+
+
+def test_missing_key_for_a_remote_judge_fails_at_construction(monkeypatch):
+    monkeypatch.delenv("VISD_ABSENT_JUDGE_KEY", raising=False)
+    with pytest.raises(JudgeError, match="VISD_ABSENT_JUDGE_KEY"):
+        HttpJudge("https://judge.example.com/v1", "m", api_key_env="VISD_ABSENT_JUDGE_KEY")
+    with pytest.raises(JudgeError, match="VISD_ABSENT_JUDGE_KEY"):  # required explicitly, even on loopback
+        HttpJudge("http://127.0.0.1:9/v1", "m", api_key_env="VISD_ABSENT_JUDGE_KEY", api_key_required=True)
+    with pytest.raises(JudgeError, match="api_key_env"):
+        HttpJudge("https://judge.example.com/v1", "m", api_key_env=None)
+    HttpJudge("http://127.0.0.1:9/v1", "m", api_key_env="VISD_ABSENT_JUDGE_KEY").close()  # auto: loopback
+    HttpJudge("https://judge.example.com/v1", "m", api_key_env=None, api_key_required=False).close()
+    monkeypatch.setenv("VISD_ABSENT_JUDGE_KEY", "fake-value")
+    HttpJudge("https://judge.example.com/v1", "m", api_key_env="VISD_ABSENT_JUDGE_KEY").close()
+
+
+@pytest.mark.parametrize("code", [400, 401, 404, 422])
+def test_repeated_client_errors_stop_with_the_server_message(serve, make_judge, code):
+    server, url = serve(error_rate=1.0, error_codes=(code,))
+    judge = make_judge(url, retries=3, max_client_errors=3)
+    assert judge.judge_batch([item(0)]) == [None]
+    assert judge.judge_batch([item(1)]) == [None]  # two identical failures: still running
+    with pytest.raises(JudgeError, match=f"HTTP {code} 3 times") as err:
+        judge.judge_batch([item(2)])
+    assert f"injected fault {code}" in str(err.value)  # the server's own message
+    assert server.stats["chat"] == 3  # never retried
+    wide = make_judge(url, max_client_errors=3)
+    with pytest.raises(JudgeError, match=f"injected fault {code}"):  # one batch of 4 is enough
+        wide.judge_batch([item(i) for i in range(4)])
+
+
+def test_transient_client_errors_are_retried_not_counted(serve, make_judge):
+    server, url = serve(fail_first=4, error_codes=(408, 409, 429), retry_after=0.01)
+    judge = make_judge(url, retries=4, max_client_errors=1)
+    assert judge.judge_batch([item()])[0]
+    m = judge.pop_metrics()
+    assert m["judge/requests"] == 5 and m["judge/retries"] == 4 and m["judge/fallback_rate"] == 0.0
+
+
+def test_server_messages_are_masked_of_the_key():
+    secret = "fake-judge-secret-4411"
+    resp = httpx.Response(401, json={"error": {"message": f"Incorrect API key provided: {secret}."}})
+    message = error_message(resp, secret)
+    assert secret not in message and message == "Incorrect API key provided: ***."
+    assert error_message(httpx.Response(404, text="no such\n model\n")) == "no such model"
+    assert error_message(httpx.Response(400, json={"detail": "bad"})) == "bad"
+
+
+def test_fallback_rate_guard_waits_for_a_full_window_then_stops(serve, make_judge):
+    server, url = serve(error_rate=1.0, error_codes=(500,))
+    judge = make_judge(url, retries=0, max_fallback_rate=0.2, fallback_window=10)
+    assert judge.judge_batch([item(i) for i in range(9)]) == [None] * 9  # window not full yet
+    with pytest.raises(JudgeError, match="max_fallback_rate") as err:
+        judge.judge_batch([item(9)])
+    assert "10 of the last 10 items fell back" in str(err.value) and "HTTP 500" in str(err.value)
+    # a few failures among successes stay under the limit
+    ok_server, ok_url = serve(fail_first=2, error_codes=(500,))
+    healthy = make_judge(ok_url, retries=0, max_fallback_rate=0.2, fallback_window=10)
+    out = healthy.judge_batch([item(i) for i in range(2)]) + healthy.judge_batch(
+        [item(i) for i in range(2, 12)]
+    )
+    assert out.count(None) == 2
+
+
+def test_fallback_guard_counts_over_a_sliding_window():
+    guard = FallbackGuard(0.2, 50)
+    guard.observe([True] * 10 + [False] * 39)
+    assert guard.exceeded() is None  # 49 items: the window is not full yet
+    guard.observe([False])
+    assert guard.exceeded() is None  # 10 of 50 = 0.2 is not above 0.2
+    guard.observe([True])  # the oldest item (a fallback) leaves the window: still 10 of 50
+    assert guard.exceeded() is None
+    guard = FallbackGuard(0.2, 50)
+    guard.observe([False] * 40 + [True] * 10)
+    guard.observe([True])  # a success leaves, a fallback enters: 11 of 50
+    assert guard.exceeded() == (11, 50)
+    assert FallbackGuard(None, 5).exceeded() is None
+    with pytest.raises(ValueError, match="max_fallback_rate"):
+        FallbackGuard(1.5, 5)
+
+
+@pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
+def test_token_limit_param_is_what_the_server_receives(serve, make_judge, param):
+    server, url = serve()
+    judge = make_judge(url, token_limit_param=param, max_tokens=77)
+    assert judge.judge_batch([item()])[0]
+    other = ({"max_tokens", "max_completion_tokens"} - {param}).pop()
+    assert server.last_body[param] == 77 and other not in server.last_body
+    with pytest.raises(ValueError, match="token_limit_param"):
+        make_judge(url, token_limit_param="max_output_tokens")
+
+
+def test_transient_5xx_and_429_then_success_completes(serve, make_judge):
+    server, url = serve(fail_first=3, error_codes=(500, 429, 503), retry_after=0.01)
+    judge = make_judge(url, retries=3, max_fallback_rate=0.0, fallback_window=1)
+    out = judge.judge_batch([item()])
+    assert out == [RuleJudge().diagnose(item()).feedback]
+    m = judge.pop_metrics()
+    assert m["judge/requests"] == 4 and m["judge/retries"] == 3 and m["judge/fallback_rate"] == 0.0
+    assert server.stats["errors"] == 3

@@ -93,3 +93,69 @@ def test_acceptance_command_against_the_judge_server(cache_dir, tmp_path):
     (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
     rows = read_metrics(run)
     assert all(float(r["judge/calls"]) > 0 and float(r["judge/fallback_rate"]) == 0.0 for r in rows)
+
+
+def _judge_run(cache_dir, tmp_path, url: str, *extra: str):
+    """Compose a 2-step VISD run against the judge at ``url`` (csv logger, no checkpoints or HF export)."""
+    return compose_train(
+        FAST
+        + shared_paths(cache_dir, tmp_path)
+        + [
+            f"paths.output_dir={tmp_path / 'run'}",
+            "+experiment=ema_topk",
+            "judge=openai",
+            f"judge.base_url={url}",
+            "judge.cache_dir=null",
+            "trainer.max_steps=2",
+            "logger=csv",
+            "callbacks.model_checkpoint=null",
+            "save_hf_model=false",
+            *extra,
+        ]
+    )
+
+
+def test_misconfigured_remote_judge_stops_the_run_with_the_cause(cache_dir, tmp_path, monkeypatch):
+    from visd_exp.judge import JudgeError
+
+    # a remote judge whose key variable is unset: stops when the judge is built, before any step
+    monkeypatch.delenv("VISD_UNSET_JUDGE_KEY", raising=False)
+    cfg = _judge_run(
+        cache_dir,
+        tmp_path / "a",
+        "https://judge.example.invalid/v1",
+        "judge.api_key_env=VISD_UNSET_JUDGE_KEY",
+    )
+    with pytest.raises(JudgeError, match="VISD_UNSET_JUDGE_KEY"):
+        train(cfg)
+    # a judge that rejects every request (here: 401, as for a revoked key) stops the run at its first step
+    server, thread, url = start_server("127.0.0.1", 0, error_rate=1.0, error_codes=(401,))
+    monkeypatch.setenv("VISD_TEST_JUDGE_KEY", FAKE_KEY)
+    try:
+        cfg = _judge_run(
+            cache_dir,
+            tmp_path / "b",
+            url,
+            "judge.api_key_env=VISD_TEST_JUDGE_KEY",
+            "judge.api_key_required=true",
+        )
+        with pytest.raises(JudgeError, match="HTTP 401") as err:
+            train(cfg)
+    finally:
+        stop(server, thread)
+    assert "injected fault 401" in str(err.value) and FAKE_KEY not in str(err.value)
+    assert server.stats["chat"] <= 16  # one step's rollouts at most: no retries, no second step
+
+
+def test_run_whose_judge_recovers_from_transient_errors_completes(cache_dir, tmp_path):
+    server, thread, url = start_server(
+        "127.0.0.1", 0, fail_first=6, error_codes=(500, 429, 503), retry_after=0.05
+    )
+    try:
+        train(_judge_run(cache_dir, tmp_path, url, "judge.backoff_base=0.05", "judge.backoff_max=0.2"))
+    finally:
+        stop(server, thread)
+    rows = read_metrics(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == [0, 1]
+    assert sum(float(r["judge/retries"]) for r in rows) >= 6 and server.stats["errors"] == 6
+    assert all(float(r["judge/fallback_rate"]) == 0.0 for r in rows)

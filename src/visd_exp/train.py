@@ -20,6 +20,18 @@ os.environ.setdefault("PROJECT_ROOT", str(find_project_root()))
 log = logging.getLogger(__name__)
 
 
+def check_judge(cfg: DictConfig) -> None:
+    """Build and close the judge once: its constructor checks the key and the options (no request sent)."""
+    from visd_exp.judge import build_judge
+
+    teacher = cfg.get("teacher")
+    if teacher is None or teacher.get("name") in (None, "none") or not cfg.get("judge"):
+        return
+    judge = build_judge(cfg.judge)
+    if judge is not None:
+        judge.close()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit one run described by `cfg`; returns the last logged metrics."""
     import lightning as L
@@ -42,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     save_run_config(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
+    check_judge(cfg)  # a misconfigured remote judge (missing key, bad options) fails before the model loads
     model, processor = load_model_and_processor(cfg.model, cfg.data)
     datamodule = VideoQADataModule(cfg.data, processor)
     module = VISDModule(model, processor, cfg)

@@ -4,6 +4,10 @@ The feedback is diagnostic context for the teacher only: it never enters the rew
 gradient and is not used at inference. ``build_judge(cfg.judge)`` returns None for ``judge=none``,
 a deterministic offline ``RuleJudge`` for ``judge=rule`` and an ``HttpJudge`` for any config with a
 ``base_url`` (``judge=openai``, ``judge=vllm``).
+
+A judge that cannot work raises ``JudgeError`` (a required API key variable unset: when it is built;
+a client error that will repeat, or too many fallbacks: out of ``judge_batch``), so the run stops with
+the cause instead of training without feedback.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from visd_exp.judge.base import METRIC_KEYS, Judge, JudgeItem, evidence_from_sample
+from visd_exp.judge.base import METRIC_KEYS, Judge, JudgeError, JudgeItem, evidence_from_sample
 from visd_exp.judge.prompts import build_messages
 from visd_exp.judge.rule import Diagnosis, RuleJudge, build_rule_judge
 
@@ -24,6 +28,7 @@ __all__ = [
     "Diagnosis",
     "HttpJudge",
     "Judge",
+    "JudgeError",
     "JudgeItem",
     "RuleJudge",
     "build_judge",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -16,6 +17,14 @@ METRIC_KEYS = (
     "judge/latency_p50",
     "judge/latency_p95",
 )
+
+
+class JudgeError(RuntimeError):
+    """The judge cannot work as configured; raised to stop the run rather than train without feedback.
+
+    Raised at construction (a required API key variable is unset) or out of ``judge_batch`` (a client
+    error that will repeat, or too many fallbacks). Messages name the cause, never a secret.
+    """
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,7 @@ class Judge(Protocol):
     def close(self) -> None: ...
 
 
-def _box_scale(sample: Mapping) -> tuple[float, float]:
+def box_scale(sample: Mapping) -> tuple[float, float]:
     # Student boxes are in pixels of the resized frame the model saw (frame_size); ground truth is
     # in image_size pixels. The judge compares the two, so the evidence is put in the student's frame.
     image_size, frame_size = sample.get("image_size"), sample.get("frame_size")
@@ -66,7 +75,7 @@ def evidence_from_sample(sample: Mapping) -> dict | None:
     segment = sample.get("segment")
     if segment is not None:
         segment = [round(float(segment[0]), 3), round(float(segment[1]), 3)]
-    sx, sy = _box_scale(sample)
+    sx, sy = box_scale(sample)
     key_items = sample.get("key_items") or {}
     frames = []
     for kf in sample.get("key_frames") or []:
@@ -144,3 +153,35 @@ class JudgeMetrics:
                 out["judge/retries"] = float(self.retries)
             self._reset()
         return out
+
+
+class FallbackGuard:
+    """Stops a run whose judge keeps falling back (``judge.max_fallback_rate`` over ``judge.fallback_window``).
+
+    Every requested item (cache hits included) is one outcome in a sliding window of the last ``window``
+    items. The rate is only checked once the window is full, so a few early failures (one bad first
+    batch) cannot stop a run; after that, more than ``max_rate`` fallbacks in the window does.
+    ``max_rate`` None disables the guard.
+    """
+
+    def __init__(self, max_rate: float | None, window: int) -> None:
+        if max_rate is not None and not 0.0 <= float(max_rate) <= 1.0:
+            raise ValueError(f"judge.max_fallback_rate must be in [0, 1] or null, got {max_rate!r}")
+        if int(window) < 1:
+            raise ValueError(f"judge.fallback_window must be >= 1, got {window!r}")
+        self.max_rate = None if max_rate is None else float(max_rate)
+        self.window = int(window)
+        self._outcomes: deque[bool] = deque(maxlen=self.window)
+        self._lock = threading.Lock()
+
+    def observe(self, fell_back: Sequence[bool]) -> None:
+        with self._lock:
+            self._outcomes.extend(bool(f) for f in fell_back)
+
+    def exceeded(self) -> tuple[int, int] | None:
+        """(fallbacks, window) when the full window's fallback rate is above the limit, else None."""
+        with self._lock:
+            if self.max_rate is None or len(self._outcomes) < self.window:
+                return None
+            fallbacks = sum(self._outcomes)
+        return (fallbacks, self.window) if fallbacks > self.max_rate * self.window else None

@@ -4,18 +4,26 @@
 lives in a daemon thread for the judge's lifetime, so the call works from any thread (with or without a
 running loop of its own), any number of times, and reuses one ``httpx.AsyncClient`` connection pool.
 
-Failures never propagate: an item whose request still fails after the retries, or whose reply is not a
-valid ``{"feedback": "..."}`` object, gets None (a fallback) and is counted.
+Transient failures (429, 408, 409, 425, 5xx, timeouts, connection errors) are retried with exponential
+backoff; an item that still fails, or whose reply is not a valid ``{"feedback": "..."}`` object, gets
+None (a fallback) and is counted. Failures that mean the judge cannot work stop the run with a
+``JudgeError`` naming the cause:
+
+- a required API key whose variable is unset: at construction (``api_key_required`` auto = required
+  unless ``base_url`` is on loopback);
+- a client error that will repeat (4xx other than 408/409/425/429): after ``max_client_errors``
+  identical answers (same status and message) with no successful reply in between, out of
+  ``judge_batch``, quoting the server's message;
+- more than ``max_fallback_rate`` fallbacks over the last ``fallback_window`` items (base.FallbackGuard).
 
 The API key is read from ``os.environ[api_key_env]`` when a request is built and only ever placed in that
-request's Authorization header: it is not stored on the object, in the config, the cache key or files.
+request's Authorization header: it is not stored on the object, in the config, the cache key or files,
+and it is masked out of any server message that is logged or raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
 import logging
 import math
 import os
@@ -23,59 +31,22 @@ import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 
 import httpx
 
-from visd_exp.judge.base import JudgeItem, JudgeMetrics
+from visd_exp.judge.base import FallbackGuard, JudgeError, JudgeItem, JudgeMetrics
 from visd_exp.judge.cache import FeedbackCache, cache_key
-from visd_exp.judge.prompts import build_messages, load_template
+from visd_exp.judge.prompts import DEFAULT_TEMPLATE, build_messages, load_template
+from visd_exp.judge.replies import error_message, parse_feedback, reply_content, retry_after_seconds
+
+__all__ = ["HttpJudge", "parse_feedback", "retry_after_seconds"]
 
 log = logging.getLogger(__name__)
 
-_DECODER = json.JSONDecoder()
-
-
-def parse_feedback(content: str | None, max_chars: int) -> str | None:
-    """The feedback string of a judge reply, or None when the reply is unusable.
-
-    Strict JSON first; one repair attempt decodes the first ``{...}`` object found in the text (models
-    like to wrap JSON in prose or code fences). The feedback must be a non-empty string after strip and
-    is cut to ``max_chars``.
-    """
-    if not isinstance(content, str):
-        return None
-    try:
-        obj = json.loads(content)
-    except ValueError:
-        start = content.find("{")
-        if start < 0:
-            return None
-        try:
-            obj, _ = _DECODER.raw_decode(content, start)
-        except ValueError:
-            return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("feedback"), str):
-        return None
-    feedback = obj["feedback"].strip()
-    return feedback[:max_chars].rstrip() or None
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or invalid."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
+#: client errors that may pass (timeout, conflict, too early, rate limit): retried like 5xx
+TRANSIENT_4XX = frozenset({408, 409, 425, 429})
 
 
 class _LoopThread:
@@ -123,40 +94,55 @@ class HttpJudge:
         backoff_max: float = 8.0,
         max_feedback_chars: int = 1200,
         cache_dir: str | os.PathLike | None = None,
+        template: str = DEFAULT_TEMPLATE,
         system_template: str | os.PathLike | None = None,
         user_template: str | os.PathLike | None = None,
+        max_client_errors: int | None = 3,
+        max_fallback_rate: float | None = 0.2,
+        fallback_window: int = 50,
         name: str = "http",
     ) -> None:
         if not model:
             raise ValueError("the HTTP judge needs a model name (judge.model)")
+        if token_limit_param not in TOKEN_LIMIT_PARAMS:
+            raise ValueError(
+                f"judge.token_limit_param must be one of {list(TOKEN_LIMIT_PARAMS)}, got {token_limit_param!r}"
+            )
+        if max_client_errors is not None and int(max_client_errors) < 1:
+            raise ValueError(f"judge.max_client_errors must be >= 1 or null, got {max_client_errors!r}")
         self.name = name
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
         # "auto": a key is required for remote hosts, not for a judge served on this machine.
         if api_key_required == "auto":
-            host = (httpx.URL(base_url).host or "").strip("[]")
-            api_key_required = host not in ("127.0.0.1", "localhost", "::1")
+            api_key_required = (httpx.URL(base_url).host or "").strip("[]") not in _LOOPBACK
         self.api_key_required = bool(api_key_required)
+        self._check_key()
         self.timeout = float(timeout)
         self.max_concurrency = max(1, int(max_concurrency))
         self.retries = max(0, int(retries))
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
         self.max_feedback_chars = int(max_feedback_chars)
+        self.max_client_errors = None if max_client_errors is None else int(max_client_errors)
         self.cache = FeedbackCache(cache_dir) if cache_dir else None
-        self._system = load_template(system_template, "system")
-        self._user = load_template(user_template, "user")
+        self._system = load_template(system_template, "system", template)
+        self._user = load_template(user_template, "user", template)
         self._body = {"model": model, "temperature": temperature, token_limit_param: max_tokens}
         if json_mode:
             self._body["response_format"] = {"type": "json_object"}
         self._body.update(dict(extra_body or {}))
         self._metrics = JudgeMetrics()
+        self._guard = FallbackGuard(max_fallback_rate, fallback_window)
         self._rng = random.Random()
         self._runner: _LoopThread | None = None
         self._client: httpx.AsyncClient | None = None
         self._lock = threading.Lock()
-        self._warned_key = False
+        # The last failure's reason, and the current run of identical client errors ((status, message), n).
+        self._last_failure = "none"
+        self._client_error: tuple[int, str] | None = None
+        self._client_error_count = 0
 
     def __repr__(self) -> str:
         # The key's variable NAME only; its value never lives on this object.
@@ -166,12 +152,29 @@ class HttpJudge:
             f"retries={self.retries}, cache={str(self.cache.root) if self.cache else None!r})"
         )
 
+    def _check_key(self) -> None:
+        """Raise JudgeError when a required key is missing: the variable's name, never a value."""
+        if not self.api_key_required or self._api_key():
+            return
+        if not self.api_key_env:
+            raise JudgeError(
+                f"judge {self.name}: an API key is required for {self.url} but judge.api_key_env names no "
+                f"environment variable; set judge.api_key_env, or judge.api_key_required=false for a server "
+                f"that needs no key"
+            )
+        raise JudgeError(
+            f"judge {self.name}: the environment variable {self.api_key_env} (judge.api_key_env) is not set, "
+            f"and {self.url} needs an API key; export {self.api_key_env}, or set judge.api_key_required=false "
+            f"for a server that needs no key"
+        )
+
     # -- Judge protocol ------------------------------------------------------------------------------
 
     def messages(self, item: JudgeItem) -> list[dict]:
         return build_messages(item, self._system, self._user)
 
     def judge_batch(self, items: Sequence[JudgeItem]) -> list[str | None]:
+        """Feedback per item (None = fallback); raises JudgeError when the judge cannot work (see module doc)."""
         results: list[str | None] = [None] * len(items)
         pending: dict[str, tuple[list[dict], list[int]]] = {}  # key -> (messages, item indices)
         hits = fallbacks = 0
@@ -180,6 +183,7 @@ class HttpJudge:
                 msgs = self.messages(item)
             except Exception:
                 log.warning("judge: could not build the prompt for item %d; falling back", i, exc_info=True)
+                self._last_failure = "the prompt could not be built"
                 fallbacks += 1
                 continue
             key = cache_key(self.model, msgs)
@@ -201,7 +205,29 @@ class HttpJudge:
             elif self.cache:
                 self.cache.put(key, feedback, self.model)
         self._metrics.add(items=len(items), calls=len(pending), cache_hits=hits, fallbacks=fallbacks)
+        self._guard.observe([r is None for r in results])
+        self._raise_if_broken()
         return results
+
+    def _raise_if_broken(self) -> None:
+        limit = self.max_client_errors
+        if limit is not None and self._client_error is not None and self._client_error_count >= limit:
+            status, message = self._client_error
+            raise JudgeError(
+                f"judge {self.name}: {self.url} answered HTTP {status} {self._client_error_count} times in a "
+                f"row with the same error, which retrying will not fix: {message!r}. Check judge.model, "
+                f"judge.base_url, the key in {self.api_key_env} and judge.extra_body / "
+                f"judge.token_limit_param (judge.max_client_errors={limit})"
+            )
+        exceeded = self._guard.exceeded()
+        if exceeded is not None:
+            fallbacks, window = exceeded
+            raise JudgeError(
+                f"judge {self.name}: {fallbacks} of the last {window} items fell back (rate "
+                f"{fallbacks / window:.0%} > judge.max_fallback_rate={self._guard.max_rate:g}); last failure: "
+                f"{self._last_failure}. The judge at {self.url} is not working; fix it, or raise "
+                f"judge.max_fallback_rate (null disables the check)"
+            )
 
     def pop_metrics(self) -> dict[str, float]:
         return self._metrics.pop(http=True)
@@ -239,23 +265,18 @@ class HttpJudge:
             return self._runner
 
     def _request_all(self, all_messages: list[list[dict]]) -> list[str | None]:
-        if self.api_key_required and not self._api_key():
-            if not self._warned_key:
-                log.warning(
-                    "judge: environment variable %s is not set; every item falls back", self.api_key_env
-                )
-                self._warned_key = True
-            return [None] * len(all_messages)
+        self._check_key()  # the variable may have been unset since construction
         # Upper bound on one call, so a wedged connection can never hang the training step.
         waves = math.ceil(len(all_messages) / self.max_concurrency)
         per_item = (self.retries + 1) * self.timeout + self.retries * self.backoff_max
         runner = self._ensure_runner()
         try:
             return runner.run(self._gather(all_messages), timeout=waves * per_item + 10.0)
-        except Exception:
+        except Exception as exc:
             log.warning(
                 "judge: batch of %d failed as a whole; falling back", len(all_messages), exc_info=True
             )
+            self._last_failure = f"the batch failed as a whole ({type(exc).__name__})"
             return [None] * len(all_messages)
 
     async def _gather(self, all_messages: list[list[dict]]) -> list[str | None]:
@@ -278,8 +299,9 @@ class HttpJudge:
             t0 = time.perf_counter()
             try:
                 return await self._attempts(messages)
-            except Exception:  # anything unexpected is a fallback, never an exception in the training loop
+            except Exception as exc:  # anything unexpected is a fallback, not an exception in training
                 log.warning("judge: unexpected error; falling back", exc_info=True)
+                self._last_failure = f"unexpected {type(exc).__name__}"
                 return None
             finally:
                 self._metrics.add_latency(time.perf_counter() - t0)
@@ -301,27 +323,32 @@ class HttpJudge:
             except httpx.TransportError as exc:  # connection refused / reset, protocol errors
                 reason = type(exc).__name__
             else:
-                if resp.status_code == 429 or resp.status_code >= 500:
-                    reason = f"HTTP {resp.status_code}"
+                status = resp.status_code
+                if status in TRANSIENT_4XX or status >= 500:
+                    reason = f"HTTP {status}"
                     retry_after = retry_after_seconds(resp.headers.get("retry-after"))
-                elif resp.status_code >= 400:
-                    log.warning("judge: HTTP %d (not retried); falling back", resp.status_code)
-                    return None
+                elif status >= 400:
+                    return self._client_failure(status, error_message(resp, self._api_key()))
                 else:
-                    feedback = parse_feedback(_content(resp), self.max_feedback_chars)
+                    self._client_error, self._client_error_count = None, 0
+                    feedback = parse_feedback(reply_content(resp), self.max_feedback_chars)
                     if feedback is None:
                         log.warning('judge: reply is not a valid {"feedback": ...} object; falling back')
+                        self._last_failure = 'a reply that is not a valid {"feedback": ...} object'
                     return feedback
             if attempt < self.retries:
                 self._metrics.add(retries=1)
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         log.warning("judge: giving up after %d attempts (%s); falling back", self.retries + 1, reason)
+        self._last_failure = f"{reason} after {self.retries + 1} attempts"
         return None
 
-
-def _content(resp: httpx.Response) -> str | None:
-    """choices[0].message.content of a chat-completions reply, or None."""
-    try:
-        return resp.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    def _client_failure(self, status: int, message: str) -> None:
+        """A client error that will repeat: not retried, counted towards max_client_errors."""
+        log.warning("judge: HTTP %d (not retried): %s; falling back", status, message)
+        self._last_failure = f"HTTP {status}: {message}"
+        if self._client_error == (status, message):
+            self._client_error_count += 1
+        else:
+            self._client_error, self._client_error_count = (status, message), 1
         return None

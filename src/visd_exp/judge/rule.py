@@ -1,8 +1,9 @@
 """Rule judge: deterministic, offline feedback of the same kind an LLM judge writes.
 
-It reads the verifier's parse of the completion and of the reference answer, scores the final answer
-(option letter, temporal IoU, box IoU, number, token overlap), checks that the reasoning's times and boxes
-agree with the answer and with the hidden evidence, and names ONE cause out of four:
+It reads the verifier's parse of the completion and of the reference answer (reference.py: every task of
+the task table, Open-o3-Video's reference forms included), scores the final answer (scoring.py: option
+letter, temporal IoU, box IoU, number, token overlap), checks that the reasoning's times and boxes agree
+with the answer and with the hidden evidence, and names ONE cause out of four:
 
     wrong_focus          the reasoning looked at the wrong time window or object
     too_little_evidence  no grounded claims, or reasoning too thin for the specific answer
@@ -16,38 +17,24 @@ judgments per second; see bench/judge.py).
 from __future__ import annotations
 
 import inspect
-import re
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
-from visd_exp.judge.base import JudgeItem, JudgeMetrics, evidence_from_sample
-from visd_exp.metrics import box_iou, temporal_iou
+from visd_exp.judge.base import JudgeItem, JudgeMetrics
+from visd_exp.judge.reference import (
+    GROUNDED_KINDS,
+    Evidence,
+    answer_span,
+    parse_reference,
+    read_evidence,
+    task_kind,
+    with_reference,
+)
+from visd_exp.judge.scoring import LEAN_RE, Thresholds, best_iou, fmt_span, same_name, score_answer
 from visd_exp.rewards.parsing import Claim, ParsedCompletion, parse_completion
 
 CAUSES = ("wrong_focus", "too_little_evidence", "answer_drift", "incomplete")
-
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
-_STOPWORDS = frozenset(
-    "a an the of to in on at and or is are was were be it its this that with for by as".split()
-)
-# A letter the reasoning commits to ("the answer is B", "choose (C)"); bare "option B" mentions are
-# ignored because reasoning often walks through the options it rejects.
-_LEAN_RE = re.compile(
-    r"(?i:answer|correct\s+(?:option|choice)|choose|pick|select)(?:\s+is|\s+should\s+be)?\s*[:：]?\s*"
-    r"[\(\[]?([A-H])(?![A-Za-z])"
-)
-_TASK_ALIASES = {
-    "tg": "temporal_grounding",
-    "stg": "spatio_temporal_grounding",
-    "mc": "multiple_choice",
-    "multiple-choice": "multiple_choice",
-    "open_ended": "free_form",
-    "ocr": "free_form",
-    "numeric": "numerical",
-}
 
 
 @dataclass(frozen=True)
@@ -61,72 +48,6 @@ class Diagnosis:
     @property
     def feedback(self) -> str:
         return " ".join(self.sentences)
-
-
-@dataclass(frozen=True)
-class _Evidence:
-    segment: tuple[float, float] | None
-    frames: tuple[tuple[float, tuple[tuple[str, tuple], ...]], ...]  # (time, ((name, boxes), ...))
-
-    @property
-    def has_boxes(self) -> bool:
-        return any(objs for _, objs in self.frames)
-
-
-def _evidence(item: JudgeItem) -> _Evidence:
-    ev = item.evidence
-    if ev is None and item.sample is not None:
-        ev = evidence_from_sample(item.sample)
-    if not ev:
-        return _Evidence(None, ())
-    seg = ev.get("segment")
-    segment = (float(seg[0]), float(seg[1])) if seg else None
-    frames = []
-    for kf in ev.get("key_frames") or ():
-        objs = tuple(
-            (str(n), tuple(tuple(b) for b in boxes)) for n, boxes in (kf.get("objects") or {}).items()
-        )
-        frames.append((float(kf["time"]), objs))
-    return _Evidence(segment, tuple(frames))
-
-
-@lru_cache(maxsize=4096)
-def _parse_reference(standard_answer: str) -> ParsedCompletion:
-    # The four rollouts of a group share one reference: parse it once.
-    return parse_completion(f"<answer>{standard_answer}</answer>")
-
-
-def _tokens(text: str) -> list[str]:
-    return [t for t in _TOKEN_RE.findall(text.lower()) if t not in _STOPWORDS]
-
-
-def _f1(pred: list[str], ref: list[str]) -> float:
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not common:
-        return 0.0
-    p, r = common / len(pred), common / len(ref)
-    return 2 * p * r / (p + r)
-
-
-def _same_name(a: str, b: str) -> bool:
-    a, b = a.strip().lower(), b.strip().lower()
-    return bool(a) and bool(b) and (a == b or a in b or b in a)
-
-
-def _best_iou(boxes_a: Sequence, boxes_b: Sequence) -> float:
-    return max((box_iou(a, b) for a in boxes_a for b in boxes_b), default=0.0)
-
-
-def _fmt_span(seg: Sequence[float]) -> str:
-    return f"[{seg[0]:.1f}, {seg[1]:.1f}] s"
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return f'"{text[: limit - 3]}..."' if len(text) > limit else f'"{text}"'
-
-
-_LEVEL = {"correct": "fully correct", "partly": "only partly correct", "wrong": "wrong"}
 
 
 class RuleJudge:
@@ -149,6 +70,7 @@ class RuleJudge:
         self.box = (box_full, box_partial)
         self.text = (text_full, text_partial)
         self.number = (number_full, number_partial)  # relative error thresholds
+        self.thresholds = Thresholds(tau, self.tiou, self.box, self.text, self.number)
         self._metrics = JudgeMetrics()
 
     def __repr__(self) -> str:
@@ -180,9 +102,9 @@ class RuleJudge:
     def diagnose(self, item: JudgeItem) -> Diagnosis:
         """The verdict, the cause and the feedback sentences for one rollout."""
         parsed = parse_completion(item.completion)
-        ref = _parse_reference(item.standard_answer.strip())
-        task = self._task(item.task, ref)
-        ev = self._with_reference(_evidence(item), ref)
+        ref = parse_reference(item.standard_answer.strip())
+        task = task_kind(item.task, ref)
+        ev = with_reference(read_evidence(item.evidence, item.sample), ref)
         ground = self._reasoning_grounding(parsed, ev)
 
         if parsed.answer is None:
@@ -191,7 +113,7 @@ class RuleJudge:
                 ground = self._reasoning_grounding(parse_completion(item.completion + "</think>"), ev)
             return self._incomplete(ground)
 
-        verdict, verdict_sentence, drift_hint = self._score_answer(task, parsed, ref, item, ev)
+        verdict, verdict_sentence, drift_hint = score_answer(task, parsed, ref, item, ev, self.thresholds)
         consistency = self._consistency(task, parsed)
         if verdict == "correct":
             if len((parsed.think or "").split()) < 8:
@@ -207,151 +129,9 @@ class RuleJudge:
         sentences = [verdict_sentence] + ([consistency] if consistency else []) + [cause_sentence]
         return Diagnosis(verdict, cause, tuple(sentences))
 
-    @staticmethod
-    def _with_reference(ev: _Evidence, ref: ParsedCompletion) -> _Evidence:
-        # The reference answer is ground truth too: its span and boxes stand in for missing evidence.
-        segment = ev.segment if ev.segment is not None else ref.answer_segment
-        frames = ev.frames
-        if not ev.has_boxes and ref.answer_claims:
-            frames = tuple(
-                (c.time, ((c.name, c.boxes),)) for c in ref.answer_claims if c.time is not None and c.boxes
-            )
-            frames = frames or ev.frames
-        return _Evidence(segment, frames)
-
-    @staticmethod
-    def _task(task: str, ref: ParsedCompletion) -> str:
-        task = _TASK_ALIASES.get(task.strip().lower(), task.strip().lower())
-        if task in ("temporal_grounding", "spatio_temporal_grounding", "multiple_choice", "free_form"):
-            return task
-        if task in ("numerical", "regression"):
-            return "numerical"
-        # Unknown task name: infer the answer type from the reference itself.
-        if ref.answer_claims:
-            return "spatio_temporal_grounding"
-        if ref.answer_segment is not None:
-            return "temporal_grounding"
-        if ref.answer is not None and len(ref.answer.strip().rstrip(".")) == 1 and ref.answer_choice:
-            return "multiple_choice"
-        return "numerical" if ref.answer_number is not None else "free_form"
-
-    # -- the final answer ------------------------------------------------------------------------------
-
-    def _level(self, score: float, thresholds: tuple[float, float]) -> str:
-        return "correct" if score >= thresholds[0] else "partly" if score >= thresholds[1] else "wrong"
-
-    def _score_answer(
-        self, task: str, parsed: ParsedCompletion, ref: ParsedCompletion, item: JudgeItem, ev: _Evidence
-    ) -> tuple[str, str, bool]:
-        """(verdict, sentence, drift_hint); drift_hint = the reasoning itself pointed at the reference."""
-        answer = parsed.answer or ""
-        think = parsed.think or ""
-        if task == "multiple_choice":
-            gold = ref.answer_choice or item.standard_answer.strip()[:1].upper()
-            got = parsed.answer_choice
-            if got is None:
-                return (
-                    "wrong",
-                    f"The final answer {_quote(answer)} names no option letter; the reference option is {gold}.",
-                    False,
-                )
-            if got == gold:
-                return (
-                    "correct",
-                    f"The final answer {got} is the reference option, so it is fully correct.",
-                    False,
-                )
-            leans = _LEAN_RE.findall(think)
-            return (
-                "wrong",
-                f"The final answer {got} is wrong; the reference option is {gold}.",
-                bool(leans) and leans[-1] == gold,
-            )
-
-        if task == "temporal_grounding":
-            gold = ref.answer_segment or ev.segment
-            seg = parsed.answer_segment
-            if gold is None:
-                return self._free_form(answer, think, item.standard_answer)
-            if seg is None:
-                return (
-                    "wrong",
-                    f"The final answer gives no parseable time span; the reference span is {_fmt_span(gold)}.",
-                    False,
-                )
-            iou = temporal_iou(seg, gold)
-            level = self._level(iou, self.tiou)
-            sentence = (
-                f"The answered span {_fmt_span(seg)} overlaps the reference {_fmt_span(gold)} with temporal IoU "
-                f"{iou:.2f}, so the answer is {_LEVEL[level]}."
-            )
-            return level, sentence, False
-
-        if task == "spatio_temporal_grounding":
-            gold_claims = ref.answer_claims or tuple(
-                Claim(name, boxes, t) for t, objs in ev.frames for name, boxes in objs
-            )
-            if not gold_claims:
-                return self._free_form(answer, think, item.standard_answer)
-            if not any(c.boxes for c in parsed.answer_claims):
-                return "wrong", "The final answer contains no grounded object boxes, so it is wrong.", False
-            miou = sum(self._match(g, parsed.answer_claims) for g in gold_claims) / len(gold_claims)
-            level = self._level(miou, self.box)
-            sentence = f"The answered boxes reach a mean IoU of {miou:.2f} with the reference boxes"
-            gold_seg = ref.answer_segment or ev.segment
-            if parsed.answer_segment is not None and gold_seg is not None:
-                sentence += f" (the answered span has temporal IoU {temporal_iou(parsed.answer_segment, gold_seg):.2f})"
-            return level, sentence + f", so the answer is {_LEVEL[level]}.", False
-
-        if task == "numerical" and ref.answer_number is not None:
-            gold_n, got_n = ref.answer_number, parsed.answer_number
-            if got_n is None:
-                return (
-                    "wrong",
-                    f"The final answer {_quote(answer)} is not a number; the reference is {gold_n:g}.",
-                    False,
-                )
-            rel = abs(got_n - gold_n) / max(abs(gold_n), 1e-9)
-            level = "correct" if rel <= self.number[0] else "partly" if rel <= self.number[1] else "wrong"
-            drift = level != "correct" and any(
-                abs(v - gold_n) <= self.number[0] * max(abs(gold_n), 1e-9)
-                for v in (float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", think))
-            )
-            return (
-                level,
-                f"The final answer {got_n:g} against the reference {gold_n:g} is {_LEVEL[level]}.",
-                drift,
-            )
-
-        return self._free_form(answer, think, item.standard_answer)
-
-    def _free_form(self, answer: str, think: str, reference: str) -> tuple[str, str, bool]:
-        ref_tokens = _tokens(reference)
-        if not ref_tokens:
-            return "wrong", "The reference answer is empty, so the final answer cannot be checked.", False
-        f1 = _f1(_tokens(answer), ref_tokens)
-        level = self._level(f1, self.text)
-        sentence = (
-            f"The final answer {_quote(answer, 60)} shares little wording with the reference {_quote(reference, 60)}"
-            if level == "wrong"
-            else f"The final answer {_quote(answer, 60)} overlaps the reference {_quote(reference, 60)}"
-        )
-        sentence += f" (token F1 {f1:.2f}), so it looks {_LEVEL[level]}."
-        think_tokens = set(_tokens(think))
-        recall = sum(t in think_tokens for t in ref_tokens) / len(ref_tokens)
-        return level, sentence, level != "correct" and len(ref_tokens) >= 2 and recall >= self.text[0]
-
-    def _match(self, gold: Claim, claims: Sequence[Claim]) -> float:
-        """Best IoU of any claim for the gold claim: same object name when one exists, near in time."""
-        named = [c for c in claims if _same_name(c.name, gold.name)] or list(claims)
-        timed = [
-            c for c in named if c.time is None or gold.time is None or abs(c.time - gold.time) <= self.tau
-        ] or named
-        return max((_best_iou(c.boxes, gold.boxes) for c in timed), default=0.0)
-
     # -- the reasoning ---------------------------------------------------------------------------------
 
-    def _reasoning_grounding(self, parsed: ParsedCompletion, ev: _Evidence) -> dict:
+    def _reasoning_grounding(self, parsed: ParsedCompletion, ev: Evidence) -> dict:
         """How well the think block's times and boxes agree with the hidden evidence."""
         times = parsed.think_times
         claims = [c for c in parsed.think_claims if c.boxes]
@@ -361,7 +141,7 @@ class RuleJudge:
             if ev.segment is not None:
                 s, e = ev.segment
                 hits = sum(s - self.tau <= t <= e + self.tau for t in times)
-                where = f"inside the evidence window {_fmt_span(ev.segment)}"
+                where = f"inside the evidence window {fmt_span(ev.segment)}"
             else:
                 hits = sum(any(abs(t - ft) <= self.tau for ft, _ in ev.frames) for t in times)
                 where = "near a key frame"
@@ -379,23 +159,24 @@ class RuleJudge:
         out["bad"] = bool(scores) and not any(scores)
         return out
 
-    def _claim_vs_frames(self, claim: Claim, ev: _Evidence) -> float:
+    def _claim_vs_frames(self, claim: Claim, ev: Evidence) -> float:
         # A claim is checked against key frames within tau of its time (all frames when it has no time);
         # a claim far from every key frame scores 0, like the verifier's thinking-spatial reward.
         frames = [objs for t, objs in ev.frames if claim.time is None or abs(t - claim.time) <= self.tau]
         objs = [o for f in frames for o in f]
-        named = [boxes for name, boxes in objs if _same_name(name, claim.name)] or [b for _, b in objs]
-        return max((_best_iou(claim.boxes, boxes) for boxes in named), default=0.0)
+        named = [boxes for name, boxes in objs if same_name(name, claim.name)] or [b for _, b in objs]
+        return max((best_iou(claim.boxes, boxes) for boxes in named), default=0.0)
 
     def _consistency(self, task: str, parsed: ParsedCompletion) -> str | None:
         """One sentence when the reasoning and the final answer disagree, else None."""
         think = parsed.think or ""
-        if task == "multiple_choice" and parsed.answer_choice:
-            leans = _LEAN_RE.findall(think)
+        if task in ("multiple_choice", "temporal_grounding_choice") and parsed.answer_choice:
+            leans = LEAN_RE.findall(think)
             if leans and leans[-1] != parsed.answer_choice:
                 return f"The reasoning settles on option {leans[-1]} but the final answer says {parsed.answer_choice}."
-            return None
-        seg = parsed.answer_segment
+            if task == "multiple_choice":
+                return None
+        seg = answer_span(parsed)
         if seg is not None and parsed.think_times:
             lo, hi = min(seg), max(seg)
             outside = [t for t in parsed.think_times if not lo - self.tau <= t <= hi + self.tau]
@@ -409,9 +190,9 @@ class RuleJudge:
         if task == "spatio_temporal_grounding" and parsed.think_claims:
             far = []
             for claim in parsed.answer_claims:
-                mates = [c for c in parsed.think_claims if c.boxes and _same_name(c.name, claim.name)]
+                mates = [c for c in parsed.think_claims if c.boxes and same_name(c.name, claim.name)]
                 if claim.boxes and mates:
-                    iou = max(_best_iou(claim.boxes, m.boxes) for m in mates)
+                    iou = max(best_iou(claim.boxes, m.boxes) for m in mates)
                     if iou < 0.1:
                         far.append((claim.name, iou))
             if far:
@@ -427,7 +208,7 @@ class RuleJudge:
     def _cause(
         self, task: str, parsed: ParsedCompletion, ground: dict, drift_hint: bool, consistency: str | None
     ) -> tuple[str, str]:
-        grounded_task = task in ("temporal_grounding", "spatio_temporal_grounding")
+        grounded_task = task in GROUNDED_KINDS
         no_claims = ground["n_times"] == 0 and ground["n_claims"] == 0
         thin = len((parsed.think or "").split()) < 8
         if drift_hint or (ground["good"] and not thin):

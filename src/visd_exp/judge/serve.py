@@ -4,9 +4,12 @@
         [--error-codes 500,429] [--malformed-rate 0.1] [--malformed-kind mixed] [--retry-after 1]
         [--fail-first 0] [--seed 0]
 
-Endpoints: POST /v1/chat/completions, GET /v1/models. The user message is read back with the project's
-user template; a message of any other shape still gets a valid ``{"feedback": ...}`` reply saying what
-was missing. Only injected faults produce error statuses (429 replies carry Retry-After).
+Endpoints: POST /v1/chat/completions, GET /v1/models. The user message may come from any client: it is
+read as the paper's Appendix G.2 user prompt (by its field labels, whatever the system prompt; see
+protocol.py), else with the paraphrase user template (or ``--user-template``). The rule judge diagnoses
+the item and the reply's content is ``{"feedback": "..."}``. A request that cannot be read gets HTTP 400
+with an OpenAI-style error naming what is missing; a diagnosis that fails gets 500. Injected faults
+(429 replies carry Retry-After) come before the request is read.
 Standard library only (ThreadingHTTPServer), so it runs anywhere the package imports.
 """
 
@@ -22,8 +25,8 @@ from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from visd_exp.judge.base import JudgeItem
-from visd_exp.judge.prompts import load_template, parse_user_message
+from visd_exp.judge.prompts import load_template
+from visd_exp.judge.protocol import ProtocolError, read_request
 from visd_exp.judge.rule import RuleJudge
 
 MODEL_ID = "visd-rule-judge"
@@ -55,8 +58,12 @@ class JudgeServer(ThreadingHTTPServer):
         self.faults = faults
         self.verbose = verbose
         self.judge = RuleJudge()
-        self.user_template = load_template(user_template, "user")  # the template clients render with
-        self.stats: Counter = Counter()  # requests, chat, ok, errors, malformed, authorized
+        # Exact templates tried when a message is not G.2: the paraphrase, and the one given, if any.
+        self.user_templates = [load_template(None, "user", "paraphrase")]
+        if user_template is not None:
+            self.user_templates.append(load_template(user_template, "user"))
+        self.stats: Counter = Counter()  # requests, chat, ok, errors, malformed, authorized, bad_requests
+        self.last_body: dict | None = None  # the last chat request body (tests check its parameters)
         self._rng = random.Random(faults.seed)
         self._lock = threading.Lock()
 
@@ -82,51 +89,13 @@ class JudgeServer(ThreadingHTTPServer):
         return code, malformed
 
     def feedback_for(self, body: object) -> str:
-        """Rule-judge feedback for a chat request body; never raises."""
-        try:
-            text = _user_text(body)
-        except ValueError as exc:
-            return f"The judge could not read this request: {exc}. No diagnosis was made."
-        try:
-            fields = parse_user_message(text, self.user_template)
-        except ValueError as exc:
-            return f"The judge could not read this request: {exc}. No diagnosis was made."
-        try:
-            evidence = json.loads(fields.get("evidence") or "null")
-        except ValueError:
-            evidence = None
-        item = JudgeItem(
-            task=fields.get("task", ""),
-            question=fields.get("question", ""),
-            standard_answer=fields.get("standard_answer", ""),
-            evidence=evidence if isinstance(evidence, dict) else None,
-            completion=fields.get("student_output", ""),
-        )
-        try:
-            return self.judge.diagnose(item).feedback
-        except Exception as exc:  # a strange but well-shaped message still gets a JSON reply
-            return f"The judge could not diagnose this sample ({type(exc).__name__}). No diagnosis was made."
+        """Rule-judge feedback for a chat request body; ProtocolError when it cannot be read."""
+        return self.judge.diagnose(read_request(body, self.user_templates)).feedback
 
     def handle_error(self, request, client_address) -> None:
         # Clients that time out close their socket mid-reply; that is expected, not worth a traceback.
         if self.verbose:
             super().handle_error(request, client_address)
-
-
-def _user_text(body: object) -> str:
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise ValueError("the body has no 'messages' list")
-    users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
-    if not users:
-        raise ValueError("there is no user message")
-    content = users[-1].get("content")
-    if isinstance(content, list):  # OpenAI content parts
-        content = "\n".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    if not isinstance(content, str) or not content.strip():
-        raise ValueError("the user message has no text")
-    return content
 
 
 def _malform(content: str, kind: str) -> str:
@@ -197,7 +166,27 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"null")
         except ValueError:
             body = None
-        content = json.dumps({"feedback": self.server.feedback_for(body)})
+            error = "the request body is not JSON"
+        else:
+            error = None
+        if isinstance(body, dict):
+            with self.server._lock:
+                self.server.last_body = body
+        try:
+            if error is not None:
+                raise ProtocolError(error)
+            feedback = self.server.feedback_for(body)
+        except ProtocolError as exc:
+            with self.server._lock:
+                self.server.stats["bad_requests"] += 1
+            error = {"message": str(exc), "type": "invalid_request_error", "param": "messages", "code": None}
+            self._reply(400, {"error": error})
+            return
+        except Exception as exc:  # a readable request the rule judge could not diagnose: a server bug
+            error = {"message": f"the rule judge failed: {type(exc).__name__}: {exc}", "type": "server_error"}
+            self._reply(500, {"error": error})
+            return
+        content = json.dumps({"feedback": feedback})
         if malformed:
             content = _malform(content, malformed)
         model = (
@@ -222,7 +211,8 @@ def start_server(
 ):
     """Serve in a daemon thread; returns (server, thread, base_url) with base_url ending in /v1.
 
-    ``fault_options`` are the fields of FaultOptions; ``user_template`` a path (None = packaged).
+    ``fault_options`` are the fields of FaultOptions; ``user_template`` the path of one more exact user
+    template to read messages with (after G.2 and the paraphrase template).
     """
     if "error_codes" in fault_options:
         fault_options["error_codes"] = tuple(int(c) for c in fault_options["error_codes"])
@@ -257,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retry-after", type=float, default=1.0)
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--user-template", default=None, help="path of the user template clients render with")
+    p.add_argument(
+        "--user-template",
+        default=None,
+        help="path of a custom user template clients render with (G.2 and the paraphrase are always read)",
+    )
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     codes = tuple(int(c) for c in a.error_codes.split(",") if c.strip())
