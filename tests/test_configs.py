@@ -88,3 +88,24 @@ def test_deepspeed_strategy_constructs_on_cpu():
     cfg = composed("trainer=deepspeed")
     strategy = hydra.utils.instantiate(cfg.trainer.strategy)
     assert type(strategy).__name__ == "DeepSpeedStrategy"
+
+
+def test_advantage_std_defaults_to_open_o3_video():
+    """Eq. 14's sigma_G: torch's unbiased std and eps 1e-4 by default (Open-o3-Video's trainer)."""
+    import torch
+
+    from visd_exp.objectives import check_advantage_config, group_advantages
+
+    algo = composed().algorithm
+    assert (algo.std, algo.adv_eps) == ("unbiased", 1e-4)
+    for experiment in EXPERIMENTS:
+        a = composed(f"+experiment={experiment}").algorithm
+        check_advantage_config(a.num_generations, a.std, a.adv_eps)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    for std, sigma in (("unbiased", (1 / 3) ** 0.5), ("population", 0.5)):
+        a = composed(f"algorithm.std={std}", "algorithm.adv_eps=0.0").algorithm
+        adv = group_advantages(rewards, 4, eps=a.adv_eps, std=a.std)
+        torch.testing.assert_close(adv, (rewards - 0.5) / sigma)
+    bad = composed("algorithm.std=sample").algorithm
+    with pytest.raises(ValueError, match="algorithm.std"):
+        check_advantage_config(bad.num_generations, bad.std, bad.adv_eps)

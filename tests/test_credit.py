@@ -148,21 +148,74 @@ def test_ties_lowest_id_wins_and_match_reference():
         assert torch.equal(topk_support_log_ratio(teacher.bfloat16(), student, tokens, k), delta)
 
 
-# ---------------------------------------------------------------- Eq. 27-28 and lambda = 0
-def test_direction_preserved_and_magnitude_bounded():
+# ---------------------------------------------------------------- Eq. 5-7 / 15 by hand, Eq. 27-28
+def test_weights_and_token_advantages_by_hand():
+    """m_t and A^_t written out from Eq. 5-7 (eps_w = 0.2, lambda = 0.5), one column per case."""
+    delta = torch.tensor([[0.1, -0.1, 0.5, -0.5, 0.0]] * 3)
+    adv = torch.tensor([2.0, -2.0, 0.0])
+    e_p, e_m = 1.1051709180756477, 0.9048374180359595  # exp(0.1), exp(-0.1)
+    # A = +2: w = exp(+Delta); 0.5 and -0.5 fall outside [0.8, 1.2] and are clipped to its ends
+    # A = -2: w = exp(-Delta): the same Delta now weighs the other way
+    # A = 0: sign 0, w = 1 for every Delta
+    want_m = torch.tensor(
+        [[e_p, e_m, 1.2, 0.8, 1.0], [e_m, e_p, 0.8, 1.2, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64
+    )
+    # A^ = A ((1 - 0.5) + 0.5 m) = A (0.5 + 0.5 m)
+    want_a_hat = torch.tensor(
+        [
+            [2.0 * (0.5 + 0.5 * e_p), 2.0 * (0.5 + 0.5 * e_m), 2.2, 1.8, 2.0],
+            [-2.0 * (0.5 + 0.5 * e_m), -2.0 * (0.5 + 0.5 * e_p), -1.8, -2.2, -2.0],
+            [0.0] * 5,
+        ],
+        dtype=torch.float64,
+    )
+    m = token_weights(delta, adv, eps_w=0.2)
+    torch.testing.assert_close(m.double(), want_m, atol=1e-6, rtol=0)
+    torch.testing.assert_close(token_advantages(adv, m, lam=0.5).double(), want_a_hat, atol=1e-6, rtol=0)
+    # lambda = 1: A^ = A m; lambda = 0.25: A^ = A (0.75 + 0.25 m)
+    torch.testing.assert_close(token_advantages(adv, m, lam=1.0)[0, :4].double(), 2 * want_m[0, :4])
+    assert token_advantages(adv, m, lam=0.25)[1, 2].item() == pytest.approx(-2.0 * (0.75 + 0.25 * 0.8))
+
+
+def test_clip_band_is_on_w_not_on_delta():
+    """The band [1 - eps_w, 1 + eps_w] bounds w = exp(sign(A) Delta) (Eq. 6), so in Delta it is the
+    asymmetric [log 0.8, log 1.2] = [-0.223, 0.182]: just inside, m = exp(sign(A) Delta) exactly; just
+    outside, m is the bound, and larger |Delta| changes nothing."""
+    delta = torch.tensor([[0.18, 0.19, 5.0, -0.22, -0.23, -5.0]])
+    m = token_weights(delta, torch.tensor([1.0]), eps_w=0.2)[0].tolist()
+    assert m[0] == pytest.approx(1.1972173631218102, abs=1e-6)  # exp(0.18) < 1.2: inside
+    assert m[1] == pytest.approx(1.2, abs=1e-7) and m[2] == pytest.approx(1.2, abs=1e-7)  # exp(0.19) = 1.209
+    assert m[3] == pytest.approx(0.8025187979624785, abs=1e-6)  # exp(-0.22) > 0.8: inside
+    assert m[4] == pytest.approx(0.8, abs=1e-7) and m[5] == pytest.approx(0.8, abs=1e-7)  # exp(-0.23) = 0.795
+    # a negative advantage mirrors the band: Delta = -0.19 is now the clipped upper side
+    m_neg = token_weights(-delta, torch.tensor([-1.0]), eps_w=0.2)[0]
+    torch.testing.assert_close(m_neg, torch.tensor(m))
+    # a clip of Delta to [-eps_w, eps_w] before exp would give exp(0.19) = 1.209 and exp(-0.2) = 0.819 here
+
+
+@pytest.mark.parametrize("eps_w", [0.2, 0.99])
+def test_direction_preserved_and_magnitude_bounded(eps_w):
     gen = torch.Generator().manual_seed(3)
     delta = torch.randn(64, 32, generator=gen) * 3
+    delta[:, :4] = torch.tensor([1e4, -1e4, 80.0, -80.0])  # exp under- / overflows: only the clip keeps m > 0
     adv = torch.randn(64, generator=gen)
     adv[adv.abs() < 1e-3] = 0.5
+    sign = torch.sign(adv)[:, None]
+    # where sign(A) Delta lies against the band decides m (Eq. 6), computed here from Delta, not from m
+    s_delta = sign * delta
+    inside = (s_delta > math.log(1 - eps_w)) & (s_delta < math.log(1 + eps_w))
     for lam in (0.0, 0.3, 0.5, 1.0):
-        m = token_weights(delta, adv, EPS_W)
+        m = token_weights(delta, adv, eps_w)
         a_hat = token_advantages(adv, m, lam)
-        assert ((m >= 1 - EPS_W - 1e-7) & (m <= 1 + EPS_W + 1e-7)).all()
-        assert torch.equal(torch.sign(a_hat), torch.sign(adv)[:, None].expand_as(a_hat))  # Eq. 27
-        assert ((a_hat / adv[:, None] - 1).abs() <= lam * EPS_W + 1e-6).all()  # Eq. 28
+        torch.testing.assert_close(m[inside], torch.exp(s_delta[inside]))  # Eq. 5, unclipped
+        assert torch.equal(m[~inside & (s_delta > 0)], torch.full_like(m[~inside & (s_delta > 0)], 1 + eps_w))
+        assert torch.equal(m[~inside & (s_delta < 0)], torch.full_like(m[~inside & (s_delta < 0)], 1 - eps_w))
+        assert torch.equal(torch.sign(a_hat), sign.expand_as(a_hat))  # Eq. 27, A != 0, even at lambda = 1
+        assert ((a_hat / adv[:, None] - 1).abs() <= lam * eps_w + 1e-6).all()  # Eq. 28
+    assert inside.any() and (~inside).any()
     zero = torch.zeros(64)
-    assert (token_advantages(zero, token_weights(delta, zero, EPS_W), LAM) == 0).all()
-    assert (token_weights(delta, zero, EPS_W) == 1).all()
+    assert (token_advantages(zero, token_weights(delta, zero, eps_w), LAM) == 0).all()
+    assert (token_weights(delta, zero, eps_w) == 1).all()
 
 
 def test_lambda_zero_is_plain_grpo():

@@ -7,21 +7,74 @@ import math
 import pytest
 import torch
 
-from visd_exp.objectives import clipped_surrogate_loss, group_advantages, selective_log_softmax
+from visd_exp.objectives import (
+    check_advantage_config,
+    clipped_surrogate_loss,
+    group_advantages,
+    group_std,
+    selective_log_softmax,
+)
 
 
 def test_group_advantages_by_hand():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
-    adv = group_advantages(rewards, group_size=4, eps=0.0)
-    # group 1: mean 0.5, population std 0.5 -> [1, -1, -1, 1]; group 2: all equal -> zeros (no NaN)
-    assert adv[:4].tolist() == [1.0, -1.0, -1.0, 1.0]
-    adv_eps = group_advantages(rewards, group_size=4)
-    assert torch.equal(adv_eps[4:], torch.zeros(4)) and torch.isfinite(adv_eps).all()
+    # group 1: mean 0.5, squared deviations sum to 1: population std sqrt(1/4) = 0.5 -> [1, -1, -1, 1];
+    # unbiased std sqrt(1/3) -> 0.5 * sqrt(3) = 0.866...; group 2: all equal -> zeros (no NaN)
+    pop = group_advantages(rewards, group_size=4, eps=0.0, std="population")
+    assert pop[:4].tolist() == [1.0, -1.0, -1.0, 1.0]
+    unbiased = group_advantages(rewards, group_size=4, eps=0.0, std="unbiased")
+    torch.testing.assert_close(unbiased[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.5 * math.sqrt(3))
+    # the defaults are Open-o3-Video's: unbiased std, eps 1e-4 -> 0.5 / (sqrt(1/3) + 1e-4)
+    default = group_advantages(rewards, group_size=4)
+    assert default[0].item() == pytest.approx(0.5 / (math.sqrt(1 / 3) + 1e-4), rel=1e-6)
+    for adv in (pop, unbiased, default):
+        assert torch.equal(adv[4:], torch.zeros(4))
 
 
-def test_group_advantages_rejects_bad_shapes():
+def test_group_advantages_two_rollouts_and_eps():
+    # G = 2, rewards 3 and 1: mean 2; population std 1, unbiased std sqrt(2)
+    rewards = torch.tensor([3.0, 1.0])
+    assert group_advantages(rewards, 2, eps=0.0, std="population").tolist() == [1.0, -1.0]
+    torch.testing.assert_close(
+        group_advantages(rewards, 2, eps=0.0, std="unbiased"), torch.tensor([1.0, -1.0]) / math.sqrt(2)
+    )
+    torch.testing.assert_close(
+        group_advantages(rewards, 2, eps=0.5, std="population"), torch.tensor([1.0, -1.0]) / 1.5
+    )
+    # torch's default Tensor.std is the unbiased one (what Open-o3-Video's and TRL's trainers call)
+    torch.testing.assert_close(group_std(rewards, 2), rewards.view(1, 2).std(dim=1))
+    torch.testing.assert_close(group_std(rewards, 2, "population"), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("std", ["unbiased", "population"])
+@pytest.mark.parametrize("eps", [0.0, 1e-4])
+def test_identical_rewards_give_exactly_zero_advantage(std, eps):
+    # float32 mu_G of eight 0.9's is not exactly 0.9 (sigma_G ~ 6e-8): a check on sigma_G alone would
+    # give advantages near +-1 at eps = 0 and ~6e-4 at eps = 1e-4
+    rewards = torch.cat([torch.full((8,), 0.9), torch.full((8,), 0.3), torch.arange(8.0)])
+    adv = group_advantages(rewards, group_size=8, eps=eps, std=std)
+    assert torch.isfinite(adv).all()
+    assert torch.equal(adv[:16], torch.zeros(16))
+    assert (adv[16:] != 0).all()
+
+
+def test_group_size_one():
+    # population std: sigma_G = 0 and R - mu_G = 0 -> A = 0; unbiased std of one reward is 0 / 0 -> refused
+    assert torch.equal(group_advantages(torch.tensor([1.0, 2.0]), 1, std="population"), torch.zeros(2))
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        group_advantages(torch.tensor([1.0, 2.0]), 1, std="unbiased")
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        check_advantage_config(1, "unbiased", 1e-4)
+    check_advantage_config(2, "unbiased", 1e-4)  # the smallest valid group
+
+
+def test_group_advantages_rejects_bad_settings():
     with pytest.raises(ValueError, match="divisible"):
         group_advantages(torch.zeros(6), group_size=4)
+    with pytest.raises(ValueError, match="'unbiased' or 'population'"):
+        group_advantages(torch.zeros(4), group_size=4, std="biased")
+    with pytest.raises(ValueError, match="adv_eps"):
+        group_advantages(torch.zeros(4), group_size=4, eps=-1e-4)
 
 
 def test_clipped_surrogate_by_hand():

@@ -13,7 +13,6 @@ Optimisation is manual so that every stage is visible here and timed as `timing/
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import random
 import time
@@ -28,8 +27,8 @@ from visd_exp import credit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
 from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
 from visd_exp.models import vision_token_ids
-from visd_exp.objectives import clipped_surrogate_loss, group_advantages
-from visd_exp.rewards import COMPONENTS, RewardConfig, score_batch
+from visd_exp.objectives import check_advantage_config, clipped_surrogate_loss, group_advantages, group_std
+from visd_exp.rewards import COMPONENTS, RewardConfig, score_batch, task_spec
 from visd_exp.rollout.generation import generate_rollouts, policy_logprobs
 from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
 
@@ -90,10 +89,11 @@ class VISDModule(L.LightningModule):
         self.model = model.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
         self.processor = processor
         self.cfg = cfg  # the whole composed config (algorithm, reward, optim, ...)
+        # Eq. 14's sigma_G estimator and eps, checked at start (std=unbiased needs G >= 2)
+        check_advantage_config(cfg.algorithm.num_generations, cfg.algorithm.std, cfg.algorithm.adv_eps)
         self.automatic_optimization = False
         self.suppress_ids = vision_token_ids(processor.tokenizer)
-        # Both versions of the thinking temporal reward are logged; thk_tmp rewards one per sample (Eq. 11/12).
-        self.point_reward_cfg = dataclasses.replace(RewardConfig.from_cfg(cfg.reward), thk_tmp_mode="point")
+        self.reward_cfg = RewardConfig.from_cfg(cfg.reward)  # checked at start: a typo fails here
         self.teacher = build_teacher(cfg.get("teacher"), self.model)  # None for plain GRPO
         self.judge = build_judge(cfg.judge) if self.teacher is not None and cfg.get("judge") else None
         self.lam = 0.0  # set before every batch by LambdaSchedule
@@ -145,8 +145,9 @@ class VISDModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_progress(self) -> float:
+        """p in (0, 1] for Eq. 12's sigma: (step + 1) / max_steps, Open-o3-Video's step_percent."""
         max_steps = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else 1
-        return min(1.0, self.global_step / max_steps)
+        return min(1.0, (self.global_step + 1) / max_steps)
 
     # -- exact resume: RNG states and the data position travel in the checkpoint ----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -188,9 +189,9 @@ class VISDModule(L.LightningModule):
         # Step 2: verifier rewards and group-relative advantages (lines 10-12, Eq. 10 and 14).
         with watch("reward"):
             samples = [sample for sample in batch["samples"] for _ in range(G)]
-            scores = score_batch(rollouts.texts, samples, progress=progress, cfg=self.cfg.reward)
+            scores = score_batch(rollouts.texts, samples, progress=progress, cfg=self.reward_cfg)
             rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-            advantages = group_advantages(rewards, G)
+            advantages = group_advantages(rewards, G, eps=algo.adv_eps, std=algo.std)  # Eq. 14
 
         # Step 3: the student's log-probs under the current policy (with grad).
         with watch("update"):
@@ -257,12 +258,14 @@ class VISDModule(L.LightningModule):
             clipped = ((ratio - 1.0).abs() > algo.epsilon).float()
             entropy = token_entropy(logits.detach(), mask, algo.temperature)
         grouped = rewards.view(-1, G)
+        sigma_g = group_std(rewards, G, algo.std)  # Eq. 14's sigma_G: TRL's reward_std when unbiased
         lengths = mask.sum(dim=1)
         metrics = {
             "loss": loss.detach(),
             "reward": rewards.mean(),
-            "reward_std": grouped.std(dim=1, unbiased=False).mean(),
-            "frac_reward_zero_std": (grouped.std(dim=1, unbiased=False) < 1e-6).float().mean(),
+            "reward_std": sigma_g.mean(),
+            # groups whose rewards are all equal: exactly those that group_advantages gives A = 0
+            "frac_reward_zero_std": (grouped == grouped[:, :1]).all(dim=1).float().mean(),
             "completions/mean_length": lengths.mean(),
             "completions/min_length": lengths.min(),
             "completions/max_length": lengths.max(),
@@ -277,19 +280,14 @@ class VISDModule(L.LightningModule):
             "data/skipped_videos": self.skipped_videos,
             **credit_metrics,
         }
-        point = score_batch(rollouts.texts, samples, progress=progress, cfg=self.point_reward_cfg)
-        segment_values = [
-            s["thk_tmp"] for s, x in zip(scores, samples) if x.get("segment") and s["thk_tmp"] is not None
-        ]
-        point_values = [
-            p["thk_tmp"] for p, x in zip(point, samples) if x.get("key_frames") and p["thk_tmp"] is not None
-        ]
-        metrics["rewards/thk_tmp_segment/mean"] = (
-            sum(segment_values) / len(segment_values) if segment_values else math.nan
-        )
-        metrics["rewards/thk_tmp_point/mean"] = (
-            sum(point_values) / len(point_values) if point_values else math.nan
-        )
+        # thk_tmp is Eq. 11 (segment) or Eq. 12 (point) by task: both curves, each over its own tasks
+        for kind in ("segment", "point"):
+            values = [
+                s["thk_tmp"]
+                for s, x in zip(scores, samples)
+                if task_spec(x["task"]).thk_tmp == kind and s["thk_tmp"] is not None
+            ]
+            metrics[f"rewards/thk_tmp_{kind}/mean"] = sum(values) / len(values) if values else math.nan
         for name in COMPONENTS:
             values = [s[name] for s in scores if s.get(name) is not None]
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values) if values else math.nan

@@ -7,21 +7,63 @@ from __future__ import annotations
 
 import torch
 
+ADVANTAGE_STDS = ("unbiased", "population")
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """A_i = (R_i - mean_G) / (std_G + eps) within each group of `group_size` rollouts (Eq. 14).
 
-    Rollouts of one prompt are contiguous. std is the population std (unbiased=False), so a group of
-    identical rewards gives exactly 0 advantage (no NaN) and contributes no gradient.
+def check_advantage_config(group_size: int, std: str, eps: float) -> None:
+    """Raise ValueError unless (G, algorithm.std, algorithm.adv_eps) define Eq. 14's advantages.
+
+    The unbiased std of a single reward is undefined (0 / 0), so std=unbiased needs G >= 2; with G = 1
+    every advantage would be 0 anyway (R - mu_G = 0), so no rollout would ever be reinforced.
     """
+    if std not in ADVANTAGE_STDS:
+        raise ValueError(f"algorithm.std must be 'unbiased' or 'population', got {std!r}")
+    if not eps >= 0.0:  # also rejects NaN
+        raise ValueError(f"algorithm.adv_eps must be >= 0, got {eps}")
+    if group_size < 1:
+        raise ValueError(f"group_size (algorithm.num_generations) must be >= 1, got {group_size}")
+    if std == "unbiased" and group_size < 2:
+        raise ValueError(
+            "algorithm.std=unbiased needs algorithm.num_generations >= 2: the unbiased std of one reward "
+            "is undefined (and with one rollout per prompt every group-relative advantage is 0)"
+        )
+
+
+def group_std(rewards: torch.Tensor, group_size: int, std: str = "unbiased") -> torch.Tensor:
+    """sigma_G of each group of `group_size` contiguous rollouts, float32 [B / G] (Eq. 14's denominator).
+
+    std=unbiased divides the squared deviations by G - 1 (torch's default ``Tensor.std``: Open-o3-Video's
+    and TRL's trainers), std=population by G. VISD Eq. 14 leaves the estimator unspecified.
+    """
+    check_advantage_config(group_size, std, eps=0.0)
+    grouped = rewards.float().view(-1, group_size)
+    return grouped.std(dim=1, correction=1 if std == "unbiased" else 0)
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-4, std: str = "unbiased"
+) -> torch.Tensor:
+    """A_i = (R_i - mu_G) / (sigma_G + eps) within each group of `group_size` rollouts (Eq. 14).
+
+    Rollouts of one prompt are contiguous. Defaults follow Open-o3-Video's trainer, whose SFT recipe
+    VISD starts from: sigma_G is torch's unbiased std (``std``: ``unbiased`` or ``population``) and
+    eps = 1e-4. A group whose rewards are all equal gets exactly 0 advantage (no NaN, whatever eps,
+    including 0) and contributes no gradient. std=unbiased with group_size 1 raises ValueError
+    (see ``check_advantage_config``); std=population with group_size 1 gives 0 advantages.
+    """
+    check_advantage_config(group_size, std, eps)
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(
             f"rewards must be [B] with B divisible by group_size={group_size}, got {tuple(rewards.shape)}"
         )
     grouped = rewards.float().view(-1, group_size)
     mean = grouped.mean(dim=1, keepdim=True)  # mu_G
-    std = grouped.std(dim=1, unbiased=False, keepdim=True)  # sigma_G
-    return ((grouped - mean) / (std + eps)).view(-1)  # Eq. 14
+    sigma = group_std(rewards, group_size, std)[:, None]  # sigma_G
+    advantages = (grouped - mean) / (sigma + eps)  # Eq. 14
+    # Every R_i equal: A = 0. Tested on the rewards, not on sigma_G: float32 mu_G of equal values can miss
+    # them by an ulp (eight rewards of 0.9 give sigma_G ~ 6e-8), which would leave A ~ +-1 at eps = 0.
+    tied = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
+    return torch.where(tied, torch.zeros_like(advantages), advantages).view(-1)
 
 
 def clipped_surrogate_loss(
