@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import PROJECT_ROOT
 from visd_exp.data.frames import (
     VideoDecodeError,
+    VideoInfo,
     decode_frames,
+    frame_pixels_cap,
     plan_frames,
     probe_video,
     sample_times,
@@ -21,9 +24,12 @@ DATA_CFG = OmegaConf.create(
         "max_frames": 16,
         "min_pixels": 3136,
         "max_pixels": 100352,
-        "total_pixels": 401408,
+        "image_max_pixels": 401408,
+        "total_pixels": None,
     }
 )
+PER_FRAME = 128 * 28 * 28  # Open-o3-Video's VIDEO_MAX_PIXELS
+HD = VideoInfo(duration=20.0, width=1920, height=1080, fps=30.0)
 
 
 def test_sample_times_at_fps_and_clamped():
@@ -60,6 +66,51 @@ def test_decode_only_planned_frames(square_video):
     red = frames[:, 0, 10:30, 10:30].float().mean(dim=(1, 2))
     visible = [bool(r > 200) for r in red]
     assert visible == [False, False, True, True, True, True, False, False]  # visible 2..5 s inclusive
+
+
+def test_shipped_frame_defaults_are_open_o3_videos():
+    """2 fps for real data, 4-16 frames, 128x28x28 per frame, 401,408 per image, no total budget."""
+    synthetic = OmegaConf.load(PROJECT_ROOT / "conf/data/synthetic_easy.yaml")
+    jsonl = OmegaConf.load(PROJECT_ROOT / "conf/data/jsonl.yaml")
+    assert (synthetic.min_frames, synthetic.max_frames, synthetic.max_pixels) == (4, 16, PER_FRAME)
+    assert synthetic.image_max_pixels == 401408 and synthetic.total_pixels is None
+    assert jsonl.fps == 2.0
+
+
+def test_sixteen_frames_each_get_the_full_per_frame_budget():
+    """A 20 s 1080p video at 2 fps: 16 frames, each near 128x28x28 pixels (not a quarter of it)."""
+    plan = plan_frames(HD, OmegaConf.merge(DATA_CFG, {"fps": 2.0}))
+    assert len(plan.times) == 16
+    pixels = plan.height * plan.width
+    assert plan.height % 28 == 0 and plan.width % 28 == 0
+    assert 0.85 * PER_FRAME <= pixels <= PER_FRAME
+    assert abs(plan.width / plan.height - 16 / 9) < 0.1
+
+
+def test_per_frame_cap_is_honoured_and_the_image_cap_binds_only_below_it():
+    for max_pixels in (784 * 16, 50176, PER_FRAME):
+        plan = plan_frames(HD, OmegaConf.merge(DATA_CFG, {"max_pixels": max_pixels}))
+        assert plan.height * plan.width <= max_pixels
+    # a per-frame budget above the per-image cap: the per-image cap wins
+    cfg = OmegaConf.merge(DATA_CFG, {"max_pixels": 10**7})
+    assert frame_pixels_cap(cfg, 16) == 401408
+    plan = plan_frames(HD, cfg)
+    assert 0.85 * 401408 <= plan.height * plan.width <= 401408
+    # without an image cap only the per-frame budget counts
+    assert frame_pixels_cap(OmegaConf.merge(DATA_CFG, {"image_max_pixels": None}), 16) == PER_FRAME
+
+
+def test_total_budget_applies_only_when_set():
+    fps2 = OmegaConf.merge(DATA_CFG, {"fps": 2.0})
+    assert frame_pixels_cap(fps2, 16) == PER_FRAME  # off by default: frame count does not matter
+    assert frame_pixels_cap(fps2, 4) == PER_FRAME
+    budget = OmegaConf.merge(fps2, {"total_pixels": 401408})
+    assert frame_pixels_cap(budget, 16) == 401408 // 16  # the old behaviour, now opt-in
+    assert frame_pixels_cap(budget, 2) == PER_FRAME  # a share above the per-frame budget does not raise it
+    plan = plan_frames(HD, budget)
+    assert len(plan.times) * plan.height * plan.width <= 401408
+    with pytest.raises(ValueError, match="data.total_pixels"):
+        frame_pixels_cap(OmegaConf.merge(DATA_CFG, {"total_pixels": 0}), 16)
 
 
 def test_total_pixel_budget_shrinks_frames(square_video):

@@ -39,6 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from visd_exp.data.datamodule import VideoQADataModule
     from visd_exp.models import load_model_and_processor
     from visd_exp.module import VISDModule
+    from visd_exp.utils.recipe import check_prompts_per_step, check_required_values
     from visd_exp.utils.setup import (
         build_callbacks,
         build_loggers,
@@ -49,6 +50,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     quiet_known_warnings()
+    check_required_values(cfg)  # e.g. +experiment=paper_7b without model.init_from: fail before anything runs
+    check_prompts_per_step(cfg)  # the stated prompts per optimizer step, when devices is a number
+    if cfg.model.get("init_from") is not None:
+        from visd_exp.models.loading import check_init_from
+
+        check_init_from(cfg.model.init_from)  # a wrong SFT path fails here, not after the judge and data
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
     save_run_config(cfg, output_dir)
@@ -59,6 +66,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = VideoQADataModule(cfg.data, processor)
     module = VISDModule(model, processor, cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    check_prompts_per_step(cfg, trainer.num_devices, trainer.num_nodes)  # devices -1/auto resolved now
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -2,8 +2,13 @@
 
 Frame sampling follows Open-o3-Video / VISD: `fps` frames per second, clamped to [min_frames,
 max_frames] (spread uniformly when clamped), key frames merged in for spatio-temporal tasks; each frame
-resized to a multiple of 28 (patch 14 x merge 2) under a per-frame budget and a total budget over all
-frames (401,408 pixels in the paper's 7B setting).
+resized to a multiple of 28 (patch 14 x merge 2) within [min_pixels, frame_pixels_cap(...)]:
+
+- `max_pixels`: the per-frame budget (Open-o3-Video: 128 x 28 x 28 = 100,352 for every video frame);
+- `image_max_pixels`: the cap on any one image the processor sees (Open-o3-Video's `--max_pixels
+  401408`, the paper's "training pixel budget"); frames are images here, so it caps them too;
+- `total_pixels`: an optional budget over all frames of a sample together (null = off, the default;
+  Open-o3-Video's own total is about 90 M pixels, which never binds at 16 frames).
 """
 
 from __future__ import annotations
@@ -101,11 +106,23 @@ def sample_times(
     return tuple(t for t in merged if t < duration)
 
 
+def frame_pixels_cap(cfg, num_frames: int) -> int:
+    """Most pixels one frame may have: the per-frame budget, the per-image cap and, only when
+    `total_pixels` is set, an equal share of that budget over `num_frames` frames."""
+    caps = {"max_pixels": cfg.max_pixels, "image_max_pixels": cfg.get("image_max_pixels")}
+    total = cfg.get("total_pixels")
+    if total is not None:
+        caps["total_pixels"] = total // max(1, num_frames)
+    for name, value in caps.items():
+        if value is not None and int(value) <= 0:
+            raise ValueError(f"data.{name} must be positive or null, got {value!r}")
+    return max(PATCH_FACTOR**2, min(int(v) for v in caps.values() if v is not None))
+
+
 def plan_frames(info: VideoInfo, cfg, key_times: Sequence[float] = ()) -> FramePlan:
     """The FramePlan for one video under the `data` config's sampling and pixel budgets."""
     times = sample_times(info.duration, cfg.fps, cfg.min_frames, cfg.max_frames, key_times)
-    per_frame = min(cfg.max_pixels, cfg.total_pixels // max(1, len(times)))
-    h, w = smart_resize(info.height, info.width, cfg.min_pixels, max(per_frame, PATCH_FACTOR**2))
+    h, w = smart_resize(info.height, info.width, cfg.min_pixels, frame_pixels_cap(cfg, len(times)))
     return FramePlan(times=times, height=h, width=w, duration=info.duration)
 
 

@@ -1,11 +1,15 @@
 """One loading path for every model: a hub id, a local directory, or the tiny offline model.
 
 `pretrained_model_name_or_path`, `dtype` and `attn_implementation` go straight to transformers'
-`from_pretrained`, so the 7B recipe and the tiny default exercise the same code.
+`from_pretrained`, so the 7B recipe and the tiny default exercise the same code. `init_from` (a
+Hugging Face directory, e.g. an SFT run's `<run>/hf_model`) replaces the weights the student, and so
+the teacher built from it, start from; `gradient_checkpointing` recomputes the activations of every
+language and vision block in the backward pass.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -55,26 +59,96 @@ def resolve_model_path(cfg, data_cfg=None) -> str:
     return str(path)
 
 
+QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
+PROCESSOR_FILES = ("tokenizer_config.json", "preprocessor_config.json")
+
+
+class InitFromError(ValueError):
+    """`model.init_from` is missing or does not hold a Qwen2.5-VL model; the message names the path."""
+
+
+def check_init_from(path) -> Path:
+    """The `model.init_from` directory, after checking it holds a Qwen2.5-VL config and weights."""
+    where = f"model.init_from={path}"
+    directory = Path(str(path)).expanduser()
+    if not directory.exists():
+        raise InitFromError(
+            f"{where}: no such directory (expected a Hugging Face model directory, e.g. <run>/hf_model)"
+        )
+    if not directory.is_dir():
+        raise InitFromError(
+            f"{where}: not a directory (expected a Hugging Face model directory, e.g. <run>/hf_model)"
+        )
+    config = directory / "config.json"
+    if not config.is_file():
+        raise InitFromError(f"{where}: no config.json, so not a Hugging Face model directory")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InitFromError(f"{where}: config.json is unreadable ({exc})") from exc
+    if model_type != QWEN2_5_VL_MODEL_TYPE:
+        raise InitFromError(
+            f"{where}: config.json has model_type {model_type!r}, not a Qwen2.5-VL model ({QWEN2_5_VL_MODEL_TYPE!r})"
+        )
+    weights = [*directory.glob("*.safetensors"), *directory.glob("pytorch_model*.bin")]
+    if not weights:
+        raise InitFromError(f"{where}: no weights (*.safetensors or pytorch_model*.bin) in the directory")
+    return directory
+
+
+def enable_gradient_checkpointing(model) -> int:
+    """Checkpoint every language and vision block (non-reentrant); returns how many blocks were set."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not blocks or not all(m.gradient_checkpointing for m in blocks):
+        raise RuntimeError(f"{type(model).__name__}: gradient checkpointing did not reach every block")
+    return len(blocks)
+
+
 def load_model_and_processor(cfg, data_cfg=None):
-    """Load (model, processor) for a `model` config node (`data_cfg`: frame settings for a warm start)."""
+    """Load (model, processor) for a `model` config node (`data_cfg`: frame settings for a warm start).
+
+    With `cfg.init_from` set, the weights (and the processor, when the directory has one) come from
+    that directory; the base model is then only resolved when a processor must come from it.
+    """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from visd_exp.models.processor import load_processor
 
-    path = resolve_model_path(cfg, data_cfg)
-    local = Path(path).exists()
+    init_from = cfg.get("init_from")
+    if init_from is not None:
+        path = str(check_init_from(init_from))
+        has_processor = all((Path(path) / name).is_file() for name in PROCESSOR_FILES)
+        processor_path = path if has_processor else resolve_model_path(cfg, data_cfg)
+    else:
+        path = processor_path = resolve_model_path(cfg, data_cfg)
     dtype = _DTYPES[str(cfg.get("dtype", "float32"))]
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path,
-        dtype=dtype,
-        attn_implementation=cfg.get("attn_implementation", "sdpa"),
-        local_files_only=local,
-    )
-    processor = load_processor(path, local_files_only=local)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path,
+            dtype=dtype,
+            attn_implementation=cfg.get("attn_implementation", "sdpa"),
+            local_files_only=Path(path).exists(),
+        )
+    except Exception as exc:
+        if init_from is None:
+            raise
+        raise InitFromError(f"model.init_from={init_from}: cannot load a Qwen2.5-VL model ({exc})") from exc
+    processor = load_processor(processor_path, local_files_only=Path(processor_path).exists())
     if cfg.get("gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     log.info(
-        "loaded %s (%.2fM parameters, %s)", path, sum(p.numel() for p in model.parameters()) / 1e6, dtype
+        "loaded %s (%.2fM parameters, %s)%s",
+        path,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        dtype,
+        f", processor from {processor_path}" if processor_path != path else "",
     )
     return model, processor
 

@@ -17,7 +17,15 @@ from visd_exp.utils.fs import atomic_directory, file_lock
 
 log = logging.getLogger(__name__)
 
-FRAME_KEYS = ("fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels")
+FRAME_KEYS = (
+    "fps",
+    "min_frames",
+    "max_frames",
+    "min_pixels",
+    "max_pixels",
+    "image_max_pixels",
+    "total_pixels",
+)
 
 
 def warm_start_key(base_dir: Path, warm_cfg, data_cfg) -> str:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from visd_exp.utils import recipe as _recipe  # noqa: F401  registers ${required:} for every entry point
+
 
 def quiet_known_warnings() -> None:
     """Silence library messages that do not apply to this project's loop (documented choices)."""
