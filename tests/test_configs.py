@@ -109,3 +109,114 @@ def test_advantage_std_defaults_to_open_o3_video():
     bad = composed("algorithm.std=sample").algorithm
     with pytest.raises(ValueError, match="algorithm.std"):
         check_advantage_config(bad.num_generations, bad.std, bad.adv_eps)
+
+
+def test_paper_7b_is_table_8_as_written(tmp_path):
+    """+experiment=paper_7b with the tiny model swapped in composes on CPU and holds every Table 8 value."""
+    from visd_exp.utils.recipe import check_prompts_per_step, check_required_values
+
+    cfg = composed("+experiment=paper_7b", "model=tiny", f"model.init_from={tmp_path}", "data.train_file=x")
+    assert cfg.model.tiny is not None and cfg.model.init_from == str(tmp_path)  # the tiny model, swapped in
+    assert "paper_7b" in cfg.tags
+    algo, optim, trainer = cfg.algorithm, cfg.optim, cfg.trainer
+    assert (algo.num_generations, algo.max_completion_length, cfg.data.max_prompt_length) == (4, 768, 16384)
+    assert (optim.lr, optim.weight_decay, optim.max_grad_norm) == (1e-6, 0.01, 5.0)
+    assert trainer.precision == "bf16-mixed" and cfg.model.dtype == "bfloat16"
+    assert (cfg.teacher.name, cfg.teacher.rate) == ("ema", 0.01)
+    assert (cfg.credit.name, cfg.credit.k, cfg.credit.eps_w) == ("topk", 16, 0.2)
+    assert (cfg.schedule.name, cfg.schedule.start, cfg.schedule.end, cfg.schedule.steps) == (
+        "linear",
+        0.5,
+        0.0,
+        600,
+    )
+    assert trainer.max_steps == 1200
+    # 16 prompts per optimizer step = 8 devices x 2 nodes x batch 1 x accumulation 1, checked at start-up
+    assert (trainer.devices, trainer.num_nodes, cfg.data.batch_size, optim.accumulate_grad_batches) == (
+        8,
+        2,
+        1,
+        1,
+    )
+    assert algo.prompts_per_step == 16 and check_prompts_per_step(cfg) == 16
+    # ZeRO-3 and FlashAttention-2
+    assert "DeepSpeed" in trainer.strategy._target_ and trainer.strategy.stage == 3
+    assert cfg.model.attn_implementation == "flash_attention_2" and cfg.model.gradient_checkpointing
+    # frames as Open-o3-Video samples them: 2 fps, 4-16 frames, 128x28x28 per frame, 401,408 per image
+    data = cfg.data
+    assert (data.fps, data.min_frames, data.max_frames) == (2.0, 4, 16)
+    assert (data.max_pixels, data.image_max_pixels, data.total_pixels) == (128 * 28 * 28, 401408, None)
+    # no KL and no distillation loss: the config has no such term to switch on
+    keys = [k.lower() for group in ("algorithm", "credit", "optim", "teacher") for k in cfg[group]]
+    assert not [k for k in keys if "kl" in k or "distill" in k or k in ("beta", "ref_model")]
+    check_required_values(cfg)  # nothing left unset
+
+
+def test_paper_7b_requires_init_from():
+    """Without model.init_from: reading it fails naming the key, and train.py's first check lists it."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    from visd_exp.utils.recipe import RecipeError, check_required_values
+
+    cfg = composed("+experiment=paper_7b", "model=tiny", "data.train_file=x")
+    with pytest.raises(InterpolationResolutionError, match=r"model.init_from is required .*<run>/hf_model"):
+        _ = cfg.model.init_from
+    with pytest.raises(RecipeError, match=r"requires model.init_from, not set.*\n  model.init_from=\.\.\.$"):
+        check_required_values(cfg)
+    # the real-model experiment as shipped needs the SFT checkpoint and the data, both named
+    with pytest.raises(RecipeError, match=r"requires data.train_file, model.init_from"):
+        check_required_values(composed("+experiment=paper_7b"))
+
+
+def test_train_stops_before_loading_when_init_from_is_missing(tmp_path):
+    from visd_exp.train import train
+    from visd_exp.utils.recipe import RecipeError
+
+    cfg = composed("+experiment=paper_7b", "model=tiny", "data.train_file=x", f"paths.output_dir={tmp_path}")
+    with pytest.raises(RecipeError, match="model.init_from"):
+        train(cfg)
+    assert not any(tmp_path.iterdir())  # nothing written, nothing loaded
+    from visd_exp.models.loading import InitFromError
+
+    wrong = tmp_path / "sft" / "hf_model"
+    cfg = composed(
+        "+experiment=paper_7b",
+        "model=tiny",
+        f"model.init_from={wrong}",
+        "data.train_file=x",
+        f"paths.output_dir={tmp_path}",
+    )
+    with pytest.raises(InitFromError, match=rf"model.init_from={wrong}: no such directory"):
+        train(cfg)
+    assert not any(tmp_path.iterdir())
+
+
+def test_prompts_per_step_mismatch_fails_with_the_arithmetic():
+    from visd_exp.utils.recipe import RecipeError, check_prompts_per_step
+
+    cfg = composed("+experiment=paper_7b", "model=tiny", "model.init_from=x", "trainer.num_nodes=1")
+    expected = (
+        r"algorithm.prompts_per_step=16 but this run takes 8 devices x 1 nodes x data.batch_size 1 x "
+        r"optim.accumulate_grad_batches 1 = 8 prompts"
+    )
+    with pytest.raises(RecipeError, match=expected):
+        check_prompts_per_step(cfg)
+    fixed = composed(
+        "+experiment=paper_7b",
+        "model=tiny",
+        "model.init_from=x",
+        "trainer.num_nodes=1",
+        "optim.accumulate_grad_batches=2",
+    )
+    assert check_prompts_per_step(fixed) == 16
+    with pytest.raises(
+        RecipeError, match="4 devices x 4 nodes x data.batch_size 1 x optim.accumulate_grad_batches 2 = 32"
+    ):
+        check_prompts_per_step(fixed, devices=4, num_nodes=4)
+    # devices -1 / auto: unknown until the trainer resolves it (train.py checks again then)
+    assert (
+        check_prompts_per_step(composed("+experiment=paper_7b", "trainer.devices=-1", "model.init_from=x"))
+        is None
+    )
+    # a config that states nothing is never checked
+    assert composed().algorithm.prompts_per_step is None and check_prompts_per_step(composed()) is None

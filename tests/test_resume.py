@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -57,13 +58,20 @@ def loadable(path) -> bool:
         return False
 
 
-def test_kill_and_resume_is_exact(cache_dir, tmp_path):
+@pytest.mark.parametrize(
+    "accumulate, extra",
+    [(1, []), (2, ["optim.accumulate_grad_batches=2", "algorithm.micro_batch_size=3"])],
+    ids=["plain", "accumulate2-micro3"],
+)
+def test_kill_and_resume_is_exact(cache_dir, tmp_path, accumulate, extra):
+    """Also with gradient accumulation (checkpoints fall after optimizer steps) and micro-batches. Training
+    rows are logged per batch (accumulate batches per optimizer step), validation rows per optimizer step."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     full, killed, resumed = tmp_path / "full", tmp_path / "killed", tmp_path / "resumed"
-    run_module("train", *overrides(cache_dir, full))
+    run_module("train", *overrides(cache_dir, full, *extra))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "visd_exp.train", *overrides(cache_dir, killed)],
+        [sys.executable, "-m", "visd_exp.train", *overrides(cache_dir, killed, *extra)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -80,10 +88,11 @@ def test_kill_and_resume_is_exact(cache_dir, tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (killed / "hf_model").exists()  # it really did not finish
 
-    run_module("train", *overrides(cache_dir, resumed, f"ckpt_path={checkpoint}"))
+    run_module("train", *overrides(cache_dir, resumed, *extra, f"ckpt_path={checkpoint}"))
 
     expected, got = rows_by_step(full), rows_by_step(resumed)
-    later = [k for k in expected if int(k.split(":")[1]) >= 4]
+    first = {"train": 4 * accumulate, "val": 4}  # the first row after the step-4 checkpoint
+    later = [k for k in expected if int(k.split(":")[1]) >= first[k.split(":")[0]]]
     assert later and sorted(later) == sorted(got)
     for key in later:
         assert got[key] == expected[key], key

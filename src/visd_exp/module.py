@@ -1,36 +1,39 @@
 """The LightningModule: one VISD step, top to bottom (VISD Algorithm 1).
 
     rollout (G per prompt) -> verifier rewards -> group advantages A (Eq. 14)
-    -> judge feedback f per rollout -> teacher replays the SAME tokens with r = (a*, e, f)
-    -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
-    -> clipped surrogate (Eq. 9 / 16) -> backward -> clip grad norm -> AdamW step
-    (callbacks then update the teacher, Eq. 8, and anneal lambda)
+    -> judge feedback f per rollout -> [old log-probs recomputed when the forward is not fp32]
+    -> per micro-batch (step_forward.py): the teacher replays the SAME tokens with r = (a*, e, f)
+       -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
+       -> clipped surrogate (Eq. 9 / 16) x n / N -> backward
+    -> every `optim.accumulate_grad_batches` batches: clip grad norm -> AdamW step
+    (callbacks then update the teacher, Eq. 8, and anneal lambda: callbacks/lambda_schedule.py)
 
 With lambda = 0 for good (or no teacher) the judge and teacher never run: the step is exactly GRPO.
 Optimisation is manual so that every stage is visible here and timed as `timing/<stage>`.
+Precision (fp32 master weights, bf16 autocast) is settled in `setup` (precision.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 
 from visd_exp import credit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
 from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
 from visd_exp.models import vision_token_ids
-from visd_exp.objectives import check_advantage_config, clipped_surrogate_loss, group_advantages, group_std
-from visd_exp.rewards import COMPONENTS, RewardConfig, score_batch, task_spec
-from visd_exp.rollout.generation import generate_rollouts, policy_logprobs
+from visd_exp.objectives import check_advantage_config, group_advantages, group_std
+from visd_exp.precision import prepare_trained_weights, resolve_old_logprobs
+from visd_exp.rewards import RewardConfig, score_batch
+from visd_exp.rollout.generation import generate_rollouts, select_rows
+from visd_exp.step_forward import TeacherReplay, log_ratio, micro_slices, policy_update, recompute_logprobs
 from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
+from visd_exp.utils.steps import Stopwatch, numpy_rng_state, reward_metrics, set_numpy_rng_state
 
 CREDIT_KEYS = (
     "credit/delta_mean",
@@ -39,46 +42,6 @@ CREDIT_KEYS = (
     "credit/weight_mean",
     "credit/weight_clip_frac",
 )
-
-
-class Stopwatch:
-    """Accumulates wall time per stage of one step: `with watch("rollout"): ...`."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[stage] += time.perf_counter() - start
-
-
-def numpy_rng_state() -> dict:
-    """numpy's global RNG state as tensors and numbers (checkpoints load with weights_only=True)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "name": name,
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached": float(cached),
-    }
-
-
-def set_numpy_rng_state(state: dict) -> None:
-    keys = state["keys"].numpy().astype(np.uint32)
-    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
-
-
-def token_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
-    """Mean entropy of the policy over valid completion positions (row by row, no grad)."""
-    total, count = 0.0, mask.sum().item()
-    with torch.no_grad():
-        for row, row_mask in zip(logits, mask):
-            logp = torch.log_softmax(row.float() / temperature, dim=-1)
-            total += (-(logp.exp() * logp).sum(-1) * row_mask).sum().item()
-    return total / max(count, 1.0)
 
 
 class VISDModule(L.LightningModule):
@@ -96,6 +59,15 @@ class VISDModule(L.LightningModule):
         self.reward_cfg = RewardConfig.from_cfg(cfg.reward)  # checked at start: a typo fails here
         self.teacher = build_teacher(cfg.get("teacher"), self.model)  # None for plain GRPO
         self.judge = build_judge(cfg.judge) if self.teacher is not None and cfg.get("judge") else None
+        # rollouts per forward pass (None = all N) and batches per optimizer step (step_forward.py)
+        self.micro_batch_size = cfg.algorithm.get("micro_batch_size")
+        micro_slices(1, self.micro_batch_size)  # checked at start
+        self.accumulate_grad_batches = k = int(cfg.optim.get("accumulate_grad_batches", 1))
+        if k < 1:
+            raise ValueError(f"optim.accumulate_grad_batches must be >= 1, got {k}")
+        self.accumulated, self.window_finite = 0, True  # batches in the window; all their losses finite
+        # `generate` or `recompute`: setup() decides by trainer.precision (precision.py)
+        self.old_logprobs = resolve_old_logprobs(cfg.algorithm.get("old_logprobs"), "32-true")
         self.lam = 0.0  # set before every batch by LambdaSchedule
         self.teacher_active = self.teacher is not None
         self.stepped = False  # whether the last training_step took an optimizer step
@@ -117,6 +89,12 @@ class VISDModule(L.LightningModule):
         if stats:
             for logger in self.trainer.loggers:
                 logger.log_metrics({k: float(v) for k, v in stats.items()}, step=self.global_step)
+
+    def setup(self, stage: str) -> None:
+        """fp32 master weights (half ones upcast under *-mixed, refused otherwise); old log-probs by precision."""
+        precision = str(self.trainer.precision)
+        prepare_trained_weights(self.model, precision, type(self.trainer.strategy).__name__)
+        self.old_logprobs = resolve_old_logprobs(self.cfg.algorithm.get("old_logprobs"), precision)
 
     def teardown(self, stage: str) -> None:
         if self.judge is not None:
@@ -156,6 +134,7 @@ class VISDModule(L.LightningModule):
             "batches_seen": self.batches_seen,
             "skipped_steps": self.skipped_steps,
             "skipped_videos": self.skipped_videos,
+            "accumulated": self.accumulated,  # 0: checkpoints are written after optimizer steps
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -167,6 +146,7 @@ class VISDModule(L.LightningModule):
         set_numpy_rng_state(state["rng"]["numpy"])
         self.batches_seen = state["batches_seen"]
         self.skipped_steps, self.skipped_videos = state["skipped_steps"], state["skipped_videos"]
+        self.accumulated = state.get("accumulated", 0)
 
     # -- the step -----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -182,9 +162,10 @@ class VISDModule(L.LightningModule):
             self.log("data/skipped_videos", float(self.skipped_videos), on_step=True, batch_size=1)
             return None
 
-        # Step 1: on-policy rollouts from the old policy (Algorithm 1, line 7).
+        # Step 1: on-policy rollouts from the old policy (Algorithm 1, line 7); the sampled tokens' log-probs.
         with watch("rollout"):
             rollouts = generate_rollouts(self.model, self.processor, batch, algo, self.suppress_ids)
+        mask = rollouts.completion_mask.float()
 
         # Step 2: verifier rewards and group-relative advantages (lines 10-12, Eq. 10 and 14).
         with watch("reward"):
@@ -193,75 +174,72 @@ class VISDModule(L.LightningModule):
             rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
             advantages = group_advantages(rewards, G, eps=algo.adv_eps, std=algo.std)  # Eq. 14
 
-        # Step 3: the student's log-probs under the current policy (with grad).
-        with watch("update"):
-            logprobs, logits = policy_logprobs(self.model, rollouts, algo.temperature)
-        mask = rollouts.completion_mask.float()
+        # Step 3: old log-probs pi_old(y_t). `recompute` (auto: whenever the forward is not fp32) is a no-grad
+        # forward with the update's micro-batches, so the first update's ratio (Eq. 17) is exactly 1.
+        sampled_logprobs = rollouts.old_logprobs
+        if self.old_logprobs == "recompute":
+            with watch("old_logprobs"):
+                rollouts.old_logprobs = recompute_logprobs(
+                    self.model, rollouts, algo.temperature, self.micro_batch_size
+                )
 
-        # Step 4: token advantages. GRPO: A^_t = A. VISD: the teacher rescales |A| per token (Eq. 3-7).
+        # Step 4: VISD's privileged context: judge feedback f and the teacher's inputs r = (a*, e, f). The replay,
+        # Delta_t (Eq. 4), m_t (Eq. 5-6) and A^_t (Eq. 7) run per micro-batch in Step 5. GRPO: A^_t = A.
         # Every step logs the same keys (a key missing at one step would repeat its stale value in the logs).
         credit_metrics = dict.fromkeys(CREDIT_KEYS, math.nan) if self.teacher is not None else {}
         if self.teacher is not None:
             watch.seconds["judge"] = watch.seconds["teacher"] = 0.0
+        replay = None
         if self.teacher is not None and self.teacher_active and self.lam > 0:
             with watch("judge"):
                 feedback = self.judge_feedback(samples, rollouts.texts)
             with watch("teacher"):
-                t_logits = self.replay_teacher(batch, rollouts, samples, feedback)
-            delta = self.token_log_ratio(t_logits, logits.detach(), rollouts.completion_ids, mask)  # Eq. 4
-            weights = credit.token_weights(delta, advantages, self.cfg.credit.eps_w)  # m_t, Eq. 5-6
-            token_advantages = credit.token_advantages(advantages, weights, self.lam)  # A^_t, Eq. 7
-            credit_metrics = credit.credit_stats(delta, weights, mask.bool(), self.cfg.credit.eps_w)
+                inputs = self.teacher_replay_inputs(batch, rollouts, samples, feedback)
+            replay = TeacherReplay(inputs, self.teacher_forward(rollouts), self.cfg.credit, self.lam)
+
+        # Step 5: the clipped surrogate (Eq. 9 / 16) and its gradient, micro-batch by micro-batch; gradients
+        # accumulate over `optim.accumulate_grad_batches` = k batches (each back-propagated / k).
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        if self.accumulated == 0:
+            optimizer.zero_grad(set_to_none=True)
+        out = policy_update(
+            self.model,
+            rollouts,
+            advantages,
+            temperature=algo.temperature,
+            epsilon=algo.epsilon,
+            micro_batch_size=self.micro_batch_size,
+            replay=replay,
+            loss_scale=1.0 / self.accumulate_grad_batches,
+            backward=self.manual_backward,
+            watch=watch,
+        )
+        if replay is not None:
+            credit_metrics = credit.credit_stats(out.delta, out.weights, mask.bool(), self.cfg.credit.eps_w)
             if self.dump_due():
                 with watch("dump"):
                     self.dump_credit(
-                        batch,
-                        rollouts,
-                        samples,
-                        feedback,
-                        scores,
-                        advantages,
-                        t_logits,
-                        delta,
-                        weights,
-                        token_advantages,
-                    )
-        else:
-            token_advantages = advantages[:, None].expand_as(mask)
+                        batch, rollouts, samples, feedback, scores, advantages, out.delta, out.weights,
+                        out.token_advantages,
+                    )  # fmt: skip
 
-        # Step 5: the clipped surrogate (Eq. 9 / 16) and one optimizer step.
-        with watch("update"):
-            optimizer = self.optimizers()
-            scheduler = self.lr_schedulers()
-            loss = clipped_surrogate_loss(
-                logprobs, rollouts.old_logprobs, token_advantages, mask, algo.epsilon
-            )
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
-            if torch.isfinite(loss) and torch.isfinite(grad_norm):
-                optimizer.step()
-                scheduler.step()
-                self.stepped, self.consecutive_skips = True, 0
-            else:  # a non-finite loss or gradient: drop this update, keep training
-                optimizer.zero_grad(set_to_none=True)
-                self.skipped_steps += 1
-                self.consecutive_skips += 1
-                if self.consecutive_skips > int(self.cfg.optim.get("max_consecutive_skips", 20)):
-                    raise RuntimeError(
-                        f"{self.consecutive_skips} optimizer steps in a row had a non-finite "
-                        "loss or gradient; stopping (optim.max_consecutive_skips)"
-                    )
+        # Step 6: one optimizer step per k batches (AdamW on fp32 master weights).
+        self.accumulated += 1
+        self.window_finite = self.window_finite and bool(torch.isfinite(out.loss))
+        grad_norm = torch.tensor(math.nan)  # logged only when the optimizer steps
+        if self.accumulated == self.accumulate_grad_batches:
+            with watch("update"):
+                grad_norm = self.take_optimizer_step(optimizer, scheduler)
 
         with torch.no_grad():
-            ratio = torch.exp(logprobs.detach() - rollouts.old_logprobs)
+            ratio = torch.exp(out.logprobs - rollouts.old_logprobs)  # rho_t (Eq. 17) of this update
             clipped = ((ratio - 1.0).abs() > algo.epsilon).float()
-            entropy = token_entropy(logits.detach(), mask, algo.temperature)
         grouped = rewards.view(-1, G)
         sigma_g = group_std(rewards, G, algo.std)  # Eq. 14's sigma_G: TRL's reward_std when unbiased
         lengths = mask.sum(dim=1)
+        valid = mask.sum().clamp(min=1)
         metrics = {
-            "loss": loss.detach(),
+            "loss": out.loss,
             "reward": rewards.mean(),
             "reward_std": sigma_g.mean(),
             # groups whose rewards are all equal: exactly those that group_advantages gives A = 0
@@ -270,8 +248,9 @@ class VISDModule(L.LightningModule):
             "completions/min_length": lengths.min(),
             "completions/max_length": lengths.max(),
             "completions/clipped_ratio": rollouts.truncated.float().mean(),
-            "clip_ratio": (clipped * mask).sum() / mask.sum().clamp(min=1),
-            "entropy": entropy,
+            "clip_ratio": (clipped * mask).sum() / valid,
+            "ratio/mean": (ratio * mask).sum() / valid,
+            "entropy": out.entropy,
             "grad_norm": grad_norm.detach().float(),
             "lr": scheduler.get_last_lr()[0],
             "progress": progress,
@@ -280,19 +259,12 @@ class VISDModule(L.LightningModule):
             "data/skipped_videos": self.skipped_videos,
             **credit_metrics,
         }
-        # thk_tmp is Eq. 11 (segment) or Eq. 12 (point) by task: both curves, each over its own tasks
-        for kind in ("segment", "point"):
-            values = [
-                s["thk_tmp"]
-                for s, x in zip(scores, samples)
-                if task_spec(x["task"]).thk_tmp == kind and s["thk_tmp"] is not None
-            ]
-            metrics[f"rewards/thk_tmp_{kind}/mean"] = sum(values) / len(values) if values else math.nan
-        for name in COMPONENTS:
-            values = [s[name] for s in scores if s.get(name) is not None]
-            metrics[f"rewards/{name}/mean"] = sum(values) / len(values) if values else math.nan
-            # the share of rollouts whose sample cannot support the component (the paper's K(x) masking)
-            metrics[f"rewards/{name}/masked_frac"] = 1.0 - len(values) / len(scores)
+        if self.old_logprobs == "recompute":  # how far the sampling pass's log-probs were from the forward's
+            metrics["old_logprobs/sampled_abs_diff"] = (
+                (sampled_logprobs - rollouts.old_logprobs).abs() * mask
+            ).sum() / valid
+        # rewards/<component>/mean and /masked_frac (K(x)), rewards/thk_tmp_{segment,point}/mean
+        metrics.update(reward_metrics(scores, samples))
         if self.judge is not None:
             metrics.update(self.judge.pop_metrics())
         for stage, seconds in watch.seconds.items():
@@ -305,7 +277,27 @@ class VISDModule(L.LightningModule):
             batch_size=len(batch["samples"]),
         )
         self.log("train/reward", float(rewards.mean()), prog_bar=True, on_step=True, logger=False)
-        return loss.detach()
+        return out.loss
+
+    def take_optimizer_step(self, optimizer, scheduler) -> torch.Tensor:
+        """Clip the accumulated gradient and step; a non-finite loss or gradient drops the whole window."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
+        finite = self.window_finite and bool(torch.isfinite(grad_norm))
+        self.accumulated, self.window_finite = 0, True
+        if finite:
+            optimizer.step()
+            scheduler.step()
+            self.stepped, self.consecutive_skips = True, 0
+            return grad_norm
+        optimizer.zero_grad(set_to_none=True)  # keep training
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips > int(self.cfg.optim.get("max_consecutive_skips", 20)):
+            raise RuntimeError(
+                f"{self.consecutive_skips} optimizer steps in a row had a non-finite "
+                "loss or gradient; stopping (optim.max_consecutive_skips)"
+            )
+        return grad_norm
 
     # -- VISD pieces --------------------------------------------------------------------------------
     def judge_feedback(self, samples: list[dict], completions: list[str]) -> list[str | None]:
@@ -325,45 +317,50 @@ class VISDModule(L.LightningModule):
         ]
         return self.judge.judge_batch(items)
 
-    def replay_teacher(self, batch: dict, rollouts, samples: list[dict], feedback: list[str | None]):
-        """Teacher logits on the student's completion tokens, after prompt + privileged block r."""
+    def teacher_replay_inputs(self, batch: dict, rollouts, samples: list[dict], feedback: list[str | None]):
+        """Teacher inputs for every rollout row: prompt + privileged block r, then the same completion tokens."""
         blocks = [
             privileged_block(s["answer"], evidence_from_sample(s), f) for s, f in zip(samples, feedback)
         ]
         G = self.cfg.algorithm.num_generations
-        grids = [grid for grid in batch["image_grid_thw"] for _ in range(G)]
-        inputs = teacher_inputs(self.processor, rollouts, samples, blocks, grids)
-        return teacher_logits(self.teacher.model(self.model), inputs, rollouts.completion_ids.shape[1])
+        grids = [grid for grid in batch["image_grid_thw"] for _ in range(G)][: len(samples)]
+        return teacher_inputs(self.processor, rollouts, samples, blocks, grids)
+
+    def teacher_forward(self, rollouts):
+        """Micro-batch teacher inputs -> [n, C, V] teacher logits at the completion positions (no grad)."""
+        completion_len = rollouts.completion_ids.shape[1]
+        return lambda inputs: teacher_logits(self.teacher.model(self.model), inputs, completion_len)
 
     def dump_due(self) -> bool:
         every = int((self.cfg.get("dumps") or {}).get("credit_every_n_steps") or 0)
-        return every > 0 and self.global_step % every == 0 and self.trainer is not None
+        # once per optimizer step: on the first batch of a gradient-accumulation window
+        return every > 0 and self.global_step % every == 0 and self.accumulated == 0
 
     @torch.no_grad()
     def dump_credit(
-        self,
-        batch,
-        rollouts,
-        samples,
-        feedback,
-        scores,
-        advantages,
-        t_logits,
-        delta,
-        weights,
-        token_advantages,
+        self, batch, rollouts, samples, feedback, scores, advantages, delta, weights, token_advantages
     ) -> None:
         """Save Delta under the feedback and answer-only teachers for M rollouts (Eq. 29-31)."""
         from visd_exp.teacher.dump import write_credit_dump
 
         m = min(int(self.cfg.dumps.num_rollouts), rollouts.num_rollouts)
         rows = slice(0, m)
-        answer_only = self.replay_teacher(batch, rollouts, samples, [None] * len(samples))  # r = (a*, e)
+        part = rollouts.select(rows)
+        with_feedback = self.teacher_replay_inputs(
+            batch, part, samples[rows], feedback[rows]
+        )  # r = (a*, e, f)
+        answer_only = self.teacher_replay_inputs(batch, part, samples[rows], [None] * m)  # r = (a*, e)
+        forward = self.teacher_forward(part)
         # delta^judge (Eq. 31) = log q~^{a,f}(y) - log q~^{a}(y) on the feedback teacher's support: the
         # credit function with the feedback teacher as "teacher" and the answer-only teacher as "student".
-        d_judge = self.token_log_ratio(
-            t_logits[rows], answer_only[rows], rollouts.completion_ids[rows], rollouts.completion_mask[rows]
-        )
+        d_judge = torch.zeros(part.completion_ids.shape, dtype=torch.float32)
+        for sub in micro_slices(m, self.micro_batch_size):
+            t_fb = forward(select_rows(with_feedback, sub, part.images_per_row))
+            t_ans = forward(select_rows(answer_only, sub, part.images_per_row))
+            d_judge[sub] = log_ratio(
+                self.cfg.credit, t_fb, t_ans, part.completion_ids[sub], part.completion_mask[sub],
+                self.cfg.algorithm.temperature,
+            )  # fmt: skip
         meta = [
             {
                 "id": s.get("id"),
@@ -386,8 +383,8 @@ class VISDModule(L.LightningModule):
             self.cfg.credit,
             self.processor.tokenizer,
             {
-                "token_ids": rollouts.completion_ids[rows],
-                "mask": rollouts.completion_mask[rows],
+                "token_ids": part.completion_ids,
+                "mask": part.completion_mask,
                 "delta_feedback": delta[rows],
                 "delta_judge": d_judge,
                 "weight": weights[rows],
@@ -395,9 +392,3 @@ class VISDModule(L.LightningModule):
                 "meta": meta,
             },
         )
-
-    def token_log_ratio(self, t_logits, s_logits, tokens, mask) -> torch.Tensor:
-        """Delta_t per the `credit` group on logits / temperature; padding gets token id -100 (Delta = 0)."""
-        temperature = self.cfg.algorithm.temperature
-        tokens = tokens.masked_fill(mask == 0, -100)
-        return credit.log_ratio_for(self.cfg.credit, t_logits / temperature, s_logits / temperature, tokens)

@@ -33,6 +33,8 @@ class ValidationCallback(L.Callback):
         step = trainer.global_step
         if self.every_n_steps <= 0 or step % self.every_n_steps or trainer.datamodule is None:
             return
+        if not getattr(pl_module, "stepped", True):  # mid-way through a gradient-accumulation window
+            return
         if "val" not in trainer.datamodule.datasets:
             return
         metrics = self.validate(trainer, pl_module)

@@ -1,16 +1,20 @@
 """Sampling G completions per prompt with HF `generate`, keeping what the update needs.
 
 Each prompt is repeated G times (rows of one prompt are contiguous: the group layout of Eq. 14).
-The sampled tokens' log-probabilities under the policy, log softmax(logits / temperature), are
-taken from the raw logits `generate` returns, so no second forward pass is needed for the old
-policy; `tests/test_logprob_consistency.py` checks they match the training forward to 1e-4.
+The sampled tokens' log-probabilities under the policy, log softmax(logits / temperature) at the
+chosen token, are taken step by step from the raw logits (before suppression, temperature and
+top-p), so only [N, C] numbers are kept, never [N, C, V] scores. In fp32 they are the old policy's
+log-probs (`tests/test_logprob_consistency.py`: equal to the training forward's to 1e-4); in bf16 the
+cached decoding differs from a full forward, so the update recomputes them (`algorithm.old_logprobs`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from visd_exp.objectives import selective_log_softmax
 
@@ -29,10 +33,34 @@ class RolloutBatch:
     old_logprobs: torch.Tensor  # [N, C] float32
     truncated: torch.Tensor  # [N] bool: hit max_completion_length with no end token
     texts: list[str]  # decoded completions (special tokens removed)
+    images_per_row: list[int] | None = None  # images (frames) of each row, to split the vision tensors
 
     @property
     def num_rollouts(self) -> int:
         return self.completion_ids.shape[0]
+
+    def select(self, rows: slice) -> RolloutBatch:
+        """Rollouts rows[start:stop] (a micro-batch), with their own pixel values and image grids."""
+        if rows == slice(0, self.num_rollouts):
+            return self
+        vision = select_rows(
+            {"pixel_values": self.pixel_values, "image_grid_thw": self.image_grid_thw},
+            rows,
+            self.images_per_row,
+        )
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[rows],
+            prompt_mask=self.prompt_mask[rows],
+            mm_token_type_ids=self.mm_token_type_ids[rows],
+            pixel_values=vision["pixel_values"],
+            image_grid_thw=vision["image_grid_thw"],
+            completion_ids=self.completion_ids[rows],
+            completion_mask=self.completion_mask[rows],
+            old_logprobs=self.old_logprobs[rows],
+            truncated=self.truncated[rows],
+            texts=self.texts[rows],
+            images_per_row=self.images_per_row[rows],
+        )
 
     def model_inputs(self) -> dict:
         """Inputs of a forward pass over prompt + completion (mrope needs mm_token_type_ids extended)."""
@@ -45,6 +73,51 @@ class RolloutBatch:
             "pixel_values": self.pixel_values,
             "image_grid_thw": self.image_grid_thw,
         }
+
+
+def select_rows(inputs: dict, rows: slice, images_per_row: list[int] | None) -> dict:
+    """Rows rows[start:stop] of model inputs whose vision tensors are concatenated row after row.
+
+    Row tensors ([N, ...]) are sliced; `pixel_values` (patches of every image, in row order) and
+    `image_grid_thw` (one per image) keep the images of the selected rows only.
+    """
+    if images_per_row is None:
+        raise ValueError("splitting rollouts into micro-batches needs images_per_row")
+    bounds = [0, *itertools.accumulate(images_per_row)]  # image index where each row starts
+    first, last = bounds[rows.start], bounds[rows.stop]
+    grids = inputs["image_grid_thw"]
+    patches = [0, *itertools.accumulate(int(g.prod()) for g in grids)]  # pixel row where each image starts
+    out = {k: v[rows] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
+    out["pixel_values"] = inputs["pixel_values"][patches[first] : patches[last]]
+    out["image_grid_thw"] = grids[first:last]
+    return out
+
+
+class SampledLogProbs(StoppingCriteria):
+    """Records log softmax(raw logits / T) at each step's chosen token: [N] per step, never [N, V] kept.
+
+    A forward hook on the output layer keeps the latest raw logits of the last position; `generate` calls
+    stopping criteria right after appending the chosen tokens, so input_ids[:, -1] is the token to score.
+    It never stops generation. Raw logits are what the training forward sees (suppression, temperature
+    and top-p only shape the sampling distribution).
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.latest: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def hook(self, module, inputs, output) -> None:
+        self.latest = output[:, -1].to(dtype=torch.float32, copy=True)  # [N, V] raw logits
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        chosen = input_ids[:, -1:]
+        self.steps.append(selective_log_softmax(self.latest[:, None], chosen, self.temperature)[:, 0])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def logprobs(self, length: int) -> torch.Tensor:
+        """[N, length]: the first `length` steps (generate may run a few steps it then undoes)."""
+        return torch.stack(self.steps[:length], dim=1)
 
 
 def repeat_prompts(batch: dict, num_generations: int) -> dict:
@@ -77,9 +150,11 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
     tokenizer = processor.tokenizer
     was_training = model.training
     model.eval()
+    do_sample = cfg.get("do_sample", True)
+    recorder = SampledLogProbs(cfg.temperature) if do_sample else None  # greedy (evaluation): none needed
+    handle = model.get_output_embeddings().register_forward_hook(recorder.hook) if recorder else None
     try:
-        sampling = {"do_sample": False}  # greedy (evaluation): no log-probs needed
-        do_sample = cfg.get("do_sample", True)
+        sampling = {"do_sample": False}
         if do_sample:
             # transformers defaults top_k to 50: 0 disables it
             sampling = {
@@ -95,18 +170,17 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
             suppress_tokens=suppress_token_ids,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            output_logits=do_sample,  # old log-probs for the update; greedy decoding keeps no [N, C, V] logits
-            return_dict_in_generate=True,
+            stopping_criteria=StoppingCriteriaList([recorder] if recorder else []),
         )
     finally:
         model.train(was_training)
+        if handle is not None:
+            handle.remove()
     prompt_len = inputs["input_ids"].shape[1]
-    completion_ids = out.sequences[:, prompt_len:]
+    completion_ids = out[:, prompt_len:]
     mask, truncated = completion_mask_from(completion_ids, tokenizer.eos_token_id)
-    if do_sample:
-        logits = torch.stack(out.logits, dim=1)  # raw logits, before temperature / top-p / suppression
-        old_logprobs = selective_log_softmax(logits, completion_ids, cfg.temperature) * mask
-        del logits
+    if recorder is not None:
+        old_logprobs = recorder.logprobs(completion_ids.shape[1]) * mask
     else:
         old_logprobs = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
     del out
@@ -124,6 +198,7 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
         old_logprobs=old_logprobs,
         truncated=truncated,
         texts=texts,
+        images_per_row=[len(thw) for thw in batch["image_grid_thw"] for _ in range(cfg.num_generations)],
     )
 
 

@@ -7,6 +7,11 @@
 
 The copy is in eval mode and never receives gradients. It is a submodule of the LightningModule, so
 checkpoints carry it and device moves apply to it.
+
+The EMA accumulates in fp32: theta_bar + 0.01 (theta - theta_bar) computed in bf16 is below half a rounding
+step for most elements, so a bf16 EMA would never move. When the copy is in a half dtype (the student was
+loaded in bf16), an fp32 state of its floating parameters (`master`, also in checkpoints) takes the update
+and the copy used for the forward is refreshed from it; an fp32 copy is its own fp32 state.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ class TeacherState(nn.Module):
             raise ValueError(f"teacher.name must be none, current, sync or ema, got {kind!r}")
         self.kind, self.rate, self.every_n_steps = kind, float(rate), int(every_n_steps)
         self.copy = None
+        self.master = None  # the EMA's fp32 state when the copy is not fp32
         if kind in ("sync", "ema"):
             self.copy = copy.deepcopy(student).eval()
             self.copy.requires_grad_(False)
+        if kind == "ema" and any(p.dtype in (torch.bfloat16, torch.float16) for p in self.copy.parameters()):
+            self.master = FP32State(self.copy)
 
     def model(self, student: nn.Module) -> nn.Module:
         """The network that scores the replay: the copy, or the student itself for `current`."""
@@ -38,7 +46,7 @@ class TeacherState(nn.Module):
     def after_optimizer_step(self, student: nn.Module, step: int) -> None:
         """Called with the number of optimizer steps done so far (>= 1)."""
         if self.kind == "ema":
-            ema_update(self.copy, student, self.rate)
+            ema_update(self.copy, student, self.rate, self.master)  # Eq. 8, in fp32
         elif self.kind == "sync" and step % self.every_n_steps == 0:
             sync_copy(self.copy, student)
 
@@ -49,11 +57,35 @@ class TeacherState(nn.Module):
         return self
 
 
+class FP32State(nn.Module):
+    """fp32 copies of a module's parameters, as buffers p0, p1, ... in `parameters()` order."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        params = list(module.parameters())
+        for i, p in enumerate(params):
+            self.register_buffer(
+                f"p{i}", p.detach().to(torch.float32 if p.is_floating_point() else p.dtype, copy=True)
+            )
+        self.n_params = len(params)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f"p{i}") for i in range(self.n_params)]
+
+
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, rate: float) -> None:
-    """theta_bar <- theta_bar + rate (theta - theta_bar) = (1 - rate) theta_bar + rate theta (Eq. 8)."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
+def ema_update(teacher: nn.Module, student: nn.Module, rate: float, state: FP32State | None = None) -> None:
+    """theta_bar <- theta_bar + rate (theta - theta_bar) = (1 - rate) theta_bar + rate theta (Eq. 8).
+
+    With `state` the lerp runs on its fp32 tensors and the teacher's parameters are copied (rounded)
+    from them; without, in the teacher's own dtype. Buffers are copied from the student.
+    """
+    targets = state.tensors() if state is not None else list(teacher.parameters())
+    for t, s in zip(targets, student.parameters()):
         t.lerp_(s.detach().to(t.dtype), rate)
+    if state is not None:
+        for t, m in zip(teacher.parameters(), targets):
+            t.copy_(m)
     for t, s in zip(teacher.buffers(), student.buffers()):
         t.copy_(s)
 

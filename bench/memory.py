@@ -1,0 +1,286 @@
+"""Peak memory of one update step (issue 11) against `algorithm.micro_batch_size`, on CPU, fp32.
+
+Run: .venv/bin/python bench/memory.py            (about 3 minutes on 2 cores)
+Writes bench/results/memory.json.
+
+A random-weight Qwen2.5-VL of the real class (hidden 512, 8 layers, vocabulary 32,000, a small vision
+tower; built from the config classes, nothing downloaded), N = 4 rollouts (one prompt x G = 4) of 768
+completion tokens, an EMA-style teacher with a 32-token privileged block, top-K credit (K = 16), lambda 0.5.
+One step is what `VISDModule.training_step` runs after the rewards: the old-log-prob recompute (no grad),
+then `policy_update` (teacher replay -> Delta_t -> m_t -> A^_t -> student forward -> Eq. 9 -> backward),
+micro-batch by micro-batch. Rollout generation is left out: its memory does not depend on the micro batch.
+
+Memory: each setting runs in a fresh subprocess; `peak_rss_mib` is that process's ru_maxrss (the
+kernel's high-water mark of resident memory, model and Python included), `step_peak_rise_mib` the rise
+of the RSS (sampled every millisecond) over the RSS just before the step. torch's CPU allocator keeps
+no statistics and tracemalloc does not see its allocations, so neither is used. The children run with
+MALLOC_MMAP_THRESHOLD_=65536, so that freed tensors leave the RSS (glibc's default raises the threshold
+after the first large free and then keeps freed blocks resident, which inflates and blurs the peak).
+Agreement: every setting's loss, gradient (all parameters) and Delta_t against micro_batch_size = N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+MIB = 2**20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SIZES = {  # name -> model and step shape
+    "mid": dict(hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1376, vocab=32_000, completion=768),
+    "tiny": dict(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vocab=512, completion=32),
+}
+N, PROMPT, PRIVILEGED, K, LAM = 4, 64, 32, 16, 0.5
+IMAGE_PAD, VISION_START, VISION_END, PAD, FIRST_TEXT = 5, 6, 7, 0, 16
+# glibc serves allocations above 64 KiB with mmap and unmaps them on free (a fixed threshold: by default it
+# rises after the first large free and freed tensors then stay resident), so the RSS follows live tensors.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+GRID = (1, 4, 4)  # one 56 x 56 image per prompt: 16 patches, 4 vision tokens after the 2 x 2 merge
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def build_model(size: dict):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    head_dim = size["hidden"] // size["heads"]
+    half = head_dim // 2
+    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": size["vocab"],
+            "hidden_size": size["hidden"],
+            "intermediate_size": size["intermediate"],
+            "num_hidden_layers": size["layers"],
+            "num_attention_heads": size["heads"],
+            "num_key_value_heads": size["kv_heads"],
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "mrope_section": mrope, "rope_theta": 1_000_000.0},
+            "bos_token_id": PAD,
+            "eos_token_id": PAD + 1,
+            "pad_token_id": PAD,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": size["hidden"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=IMAGE_PAD,
+        video_token_id=IMAGE_PAD + 100,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(config).train()
+
+
+def prompt_rows(n: int, length: int, vocab: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, length] prompts: text, then vision start, 4 image pads, vision end, then text; mm type ids."""
+    ids = torch.randint(FIRST_TEXT, vocab, (n, length), generator=generator)
+    ids[:, 8] = VISION_START
+    ids[:, 9:13] = IMAGE_PAD
+    ids[:, 13] = VISION_END
+    return ids, (ids == IMAGE_PAD).long()
+
+
+def build_step(size: dict):
+    """Student, teacher, rollouts of N x C tokens, the teacher's replay inputs and the advantages."""
+    from visd_exp.rollout.generation import RolloutBatch
+
+    model = build_model(size)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    with torch.no_grad():  # an EMA teacher a little away from the student, so that Delta_t != 0
+        for p in teacher.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    C, V = size["completion"], size["vocab"]
+    prompt, mm = prompt_rows(1, PROMPT, V, g)
+    prompt, mm = prompt.repeat(N, 1), mm.repeat(N, 1)  # G = 4 rollouts of one prompt
+    completion = torch.randint(FIRST_TEXT, V, (N, C), generator=g)
+    mask = torch.ones(N, C, dtype=torch.long)
+    for i in range(N):  # rows of different lengths (right padding after the end)
+        mask[i, C - i * (C // 8) :] = 0
+    completion = completion.masked_fill(mask == 0, PAD)
+    pixels = torch.randn(N * 16, 3 * 2 * 14 * 14, generator=g)
+    grids = torch.tensor([GRID] * N)
+    rollouts = RolloutBatch(
+        prompt_ids=prompt,
+        prompt_mask=torch.ones_like(prompt),
+        mm_token_type_ids=mm,
+        pixel_values=pixels,
+        image_grid_thw=grids,
+        completion_ids=completion,
+        completion_mask=mask,
+        old_logprobs=torch.zeros(N, C),
+        truncated=torch.zeros(N, dtype=torch.bool),
+        texts=[""] * N,
+        images_per_row=[1] * N,
+    )
+    block = torch.randint(FIRST_TEXT, V, (N, PRIVILEGED), generator=g)  # the privileged block r, as tokens
+    t_prompt = torch.cat([prompt, block], dim=1)
+    inputs = {
+        "input_ids": torch.cat([t_prompt, completion], dim=1),
+        "attention_mask": torch.cat([torch.ones_like(t_prompt), mask], dim=1),
+        "mm_token_type_ids": torch.cat(
+            [torch.cat([mm, torch.zeros_like(block)], 1), torch.zeros_like(mask)], 1
+        ),
+        "pixel_values": pixels,
+        "image_grid_thw": grids,
+    }
+    advantages = torch.tensor([1.0, -0.5, 0.3, -0.8])
+    return model, teacher, rollouts, inputs, advantages
+
+
+def one_step(model, teacher, rollouts, inputs, advantages, micro_batch_size):
+    """The update of one training step: recompute pi_old (no grad), then policy_update."""
+    from omegaconf import OmegaConf
+
+    from visd_exp.step_forward import TeacherReplay, policy_update, recompute_logprobs
+    from visd_exp.teacher import teacher_logits
+
+    C = rollouts.completion_ids.shape[1]
+    rollouts.old_logprobs = recompute_logprobs(model, rollouts, 1.0, micro_batch_size)
+    credit = OmegaConf.create({"name": "topk", "k": K, "eps_w": 0.2})
+    replay = TeacherReplay(inputs, lambda x: teacher_logits(teacher, x, C), credit, LAM)
+    return policy_update(
+        model,
+        rollouts,
+        advantages,
+        temperature=1.0,
+        epsilon=0.2,
+        micro_batch_size=micro_batch_size,
+        replay=replay,
+    )
+
+
+def child(size_name: str, micro_batch_size: int, out: str, threads: int) -> None:
+    """One setting in this (fresh) process: the step, its peak memory, and its results for the parent."""
+    torch.set_num_threads(threads)
+    size = SIZES[size_name]
+    model, teacher, rollouts, inputs, advantages = build_step(size)
+    base, peak, done = rss_bytes(), [0], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    result = one_step(model, teacher, rollouts, inputs, advantages, micro_batch_size)
+    seconds = time.perf_counter() - start
+    done.set()
+    thread.join()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    torch.save({"loss": result.loss, "delta": result.delta, "grads": grads}, out)
+    stats = {
+        "micro_batch_size": micro_batch_size,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB,  # Linux: KiB
+        "rss_before_step_mib": base / MIB,
+        "step_peak_rise_mib": (max(peak[0], rss_bytes()) - base) / MIB,
+        "seconds": seconds,
+        "loss": float(result.loss),
+    }
+    print(json.dumps(stats), flush=True)
+
+
+def run(size_name: str, threads: int) -> dict:
+    size = SIZES[size_name]
+    settings = [N, N // 2, 1]
+    runs, saved = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in settings:
+            path = str(Path(tmp) / f"mb{m}.pt")
+            cmd = [sys.executable, __file__, "--child", "--size", size_name, "--micro-batch-size", str(m)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), **MALLOC}
+            proc = subprocess.run(
+                [*cmd, "--result", path, "--threads", str(threads)], capture_output=True, text=True, env=env
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-3000:])
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            saved[m] = torch.load(path, weights_only=False)
+            print(runs[-1], flush=True)
+        ref = saved[N]
+        for entry in runs:
+            got = saved[entry["micro_batch_size"]]
+            entry["loss_abs_diff_vs_full"] = abs(float(got["loss"]) - float(ref["loss"]))
+            entry["grad_max_abs_diff_vs_full"] = max(
+                (got["grads"][k] - ref["grads"][k]).abs().max().item() for k in ref["grads"]
+            )
+            entry["delta_max_abs_diff_vs_full"] = (got["delta"] - ref["delta"]).abs().max().item()
+        grad_scale = max(g.abs().max().item() for g in ref["grads"].values())
+        delta_scale = ref["delta"].abs().max().item()
+    peaks = [r["peak_rss_mib"] for r in runs]
+    return {
+        "model": {
+            **size,
+            "vision": "depth 2, hidden 64",
+            "parameters": sum(p.numel() for p in build_model(size).parameters()),
+        },
+        "rollouts_N": N,
+        "prompt_tokens": PROMPT,
+        "privileged_tokens": PRIVILEGED,
+        "valid_completion_tokens": [size["completion"] - i * (size["completion"] // 8) for i in range(N)],
+        "credit": f"topk K={K}, lambda {LAM}",
+        "dtype": "float32",
+        "measure": "ru_maxrss of a fresh subprocess per setting (peak_rss_mib); RSS sampled every 1 ms "
+        "during the step, minus the RSS before it (step_peak_rise_mib); MALLOC_MMAP_THRESHOLD_=65536",
+        "step": "old-log-prob recompute + policy_update (teacher replay, Delta_t, m_t, A^_t, forward, backward)",
+        "runs": runs,
+        "peak_falls_with_micro_batch": all(a > b for a, b in zip(peaks, peaks[1:])),
+        "max_abs_grad_full": grad_scale,
+        "max_abs_delta_full": delta_scale,
+        "device": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": threads,
+    }
+
+
+def main(argv=None) -> dict | None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", choices=sorted(SIZES), default="mid")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.size, args.micro_batch_size, args.result, args.threads)
+        return None
+    result = run(args.size, args.threads)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

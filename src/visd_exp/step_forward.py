@@ -1,0 +1,154 @@
+"""The forward passes of one update, micro-batch by micro-batch (bounded memory; issue 11, item 3).
+
+`algorithm.micro_batch_size` rollouts go through the network at a time (null: all N at once). For each
+micro-batch of n rollouts, `policy_update` runs, in order:
+
+    teacher replay (no grad)  -> Delta_t        (Eq. 4: top-K support or sampled token, `credit` group)
+                              -> m_t            (Eq. 5-6)
+                              -> A^_t           (Eq. 7; GRPO: A^_t = A)
+    student forward (grad)    -> log pi(y_t)    (selective log-softmax: [n, C] out of the [n, C, V] logits)
+    clipped surrogate (Eq. 9) x n / N -> backward
+
+Eq. 9 is a mean over the N rollouts of per-rollout token means, so the micro-batch losses scaled by n / N
+sum to the full-batch loss and their gradients accumulate to the full-batch gradient. At most one
+micro-batch's [n, C, V] logits (student and teacher) exist at a time; what leaves a micro-batch is [n, C].
+`recompute_logprobs` is the no-grad forward of `algorithm.old_logprobs=recompute`, with the same micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from visd_exp import credit
+from visd_exp.objectives import clipped_surrogate_loss
+from visd_exp.rollout.generation import RolloutBatch, policy_logprobs, select_rows
+
+
+def micro_slices(n: int, size: int | None) -> list[slice]:
+    """Row slices of at most `size` rollouts (None or >= n: one slice of all n)."""
+    size = n if size is None or int(size) >= n else int(size)
+    if size < 1:
+        raise ValueError(f"algorithm.micro_batch_size must be >= 1 or null, got {size}")
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+@torch.no_grad()
+def recompute_logprobs(model, rollouts: RolloutBatch, temperature: float, micro_batch_size) -> torch.Tensor:
+    """pi_old(y_t) by a no-grad forward [N, C] float32 (0 at padding), micro-batched like the update.
+
+    Run in the same mode and precision context as the update's forward, so that before the first
+    optimizer step the ratio of Eq. 17 is exactly 1.
+    """
+    out = torch.zeros(
+        rollouts.completion_ids.shape, dtype=torch.float32, device=rollouts.completion_ids.device
+    )
+    for rows in micro_slices(rollouts.num_rollouts, micro_batch_size):
+        logprobs, logits = policy_logprobs(model, rollouts.select(rows), temperature)
+        del logits
+        out[rows] = logprobs * rollouts.completion_mask[rows]
+    return out
+
+
+def entropy_sum(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
+    """Sum of the policy's entropy over valid completion positions (row by row, no grad)."""
+    total = 0.0
+    with torch.no_grad():
+        for row, row_mask in zip(logits, mask):
+            logp = torch.log_softmax(row.float() / temperature, dim=-1)
+            total += (-(logp.exp() * logp).sum(-1) * row_mask).sum().item()
+    return total
+
+
+@dataclass
+class TeacherReplay:
+    """What the VISD credit needs: the teacher's inputs for all N rollouts and how to score a micro-batch."""
+
+    inputs: dict  # teacher_inputs(...) for every rollout: privileged prompt + the same completion tokens
+    forward: Callable[[dict], torch.Tensor]  # micro-batch inputs -> [n, C, V] teacher logits (no grad)
+    credit: Any  # the `credit` config node (name, k, eps_w, chunk_size)
+    lam: float  # lambda of Eq. 7
+
+
+@dataclass
+class UpdateResult:
+    loss: torch.Tensor  # the full batch's surrogate (the sum of the micro-batches' scaled losses), detached
+    logprobs: torch.Tensor  # [N, C] log pi(y_t) under the policy being updated, detached
+    token_advantages: torch.Tensor  # [N, C] A^_t (Eq. 7)
+    entropy: float  # mean over valid positions
+    delta: torch.Tensor | None = None  # [N, C] Delta_t (Eq. 4), VISD only
+    weights: torch.Tensor | None = None  # [N, C] m_t (Eq. 6), VISD only
+
+
+def log_ratio(credit_cfg, t_logits, s_logits, tokens, mask, temperature: float) -> torch.Tensor:
+    """Delta_t per the `credit` group on logits / temperature; padding gets token id -100 (Delta = 0)."""
+    tokens = tokens.masked_fill(mask == 0, -100)
+    if temperature != 1.0:
+        t_logits, s_logits = t_logits / temperature, s_logits / temperature
+    return credit.log_ratio_for(credit_cfg, t_logits, s_logits, tokens)
+
+
+def policy_update(
+    model,
+    rollouts: RolloutBatch,
+    advantages: torch.Tensor,
+    *,
+    temperature: float,
+    epsilon: float,
+    micro_batch_size: int | None = None,
+    replay: TeacherReplay | None = None,
+    loss_scale: float = 1.0,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    watch=None,
+) -> UpdateResult:
+    """Forward and backward over all rollouts, one micro-batch at a time; gradients accumulate in .grad.
+
+    advantages: [N] rollout advantages A (Eq. 14). loss_scale multiplies what is back-propagated (1 / k
+    under gradient accumulation over k batches). backward: e.g. LightningModule.manual_backward.
+    watch: an optional Stopwatch; the teacher replay is timed as `teacher`, the rest as `update`.
+    """
+    backward = backward or torch.Tensor.backward
+    n_total = rollouts.num_rollouts
+    mask = rollouts.completion_mask.float()
+    logprobs = torch.zeros_like(mask)
+    token_adv = advantages[:, None].to(mask).expand_as(mask).clone()  # GRPO: A^_t = A
+    delta = torch.zeros_like(mask) if replay is not None else None
+    weights = torch.ones_like(mask) if replay is not None else None
+    loss_total, entropy_total = torch.zeros(()), 0.0
+    for rows in micro_slices(n_total, micro_batch_size):
+        part = rollouts.select(rows)
+        t_logits = None
+        if replay is not None:
+            with watch("teacher") if watch else contextlib.nullcontext():
+                t_logits = replay.forward(select_rows(replay.inputs, rows, rollouts.images_per_row))
+        with watch("update") if watch else contextlib.nullcontext():
+            lp, logits = policy_logprobs(model, part, temperature)  # [n, C] with grad, [n, C, V]
+            if replay is not None:  # VISD: the teacher's credit on this micro-batch's tokens
+                a, valid, eps_w = advantages[rows], mask[rows], replay.credit.eps_w
+                d = log_ratio(
+                    replay.credit, t_logits, logits.detach(), part.completion_ids, valid, temperature
+                )
+                del t_logits
+                delta[rows] = d  # Delta_t (Eq. 4)
+                weights[rows] = m = credit.token_weights(d, a, eps_w)  # m_t (Eq. 5-6)
+                token_adv[rows] = credit.token_advantages(a, m, replay.lam)  # A^_t (Eq. 7)
+            entropy_total += entropy_sum(logits.detach(), mask[rows], temperature)
+            del logits
+            # Eq. 9 on this micro-batch: its mean over n rollouts, x n / N = its share of the mean over N
+            loss = clipped_surrogate_loss(lp, part.old_logprobs, token_adv[rows], mask[rows], epsilon)
+            loss = loss * ((rows.stop - rows.start) / n_total)
+            backward(loss * loss_scale)
+            loss_total = loss_total + loss.detach().float().cpu()
+            logprobs[rows] = lp.detach()
+    return UpdateResult(
+        loss=loss_total,
+        logprobs=logprobs,
+        token_advantages=token_adv,
+        entropy=entropy_total / max(mask.sum().item(), 1.0),
+        delta=delta,
+        weights=weights,
+    )

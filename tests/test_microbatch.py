@@ -1,0 +1,229 @@
+"""Bounded memory (issue 11): micro-batched update, teacher replay and recompute agree with the full batch;
+gradient accumulation over batches equals one step on all their prompts; generation keeps no [N, C, V]."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from test_logprob_consistency import ALGO, make_batch
+from test_train_e2e import FAST, compose_train, shared_paths
+from visd_exp.judge import evidence_from_sample
+from visd_exp.models import vision_token_ids
+from visd_exp.module import VISDModule
+from visd_exp.rollout.generation import generate_rollouts, repeat_prompts, select_rows
+from visd_exp.step_forward import TeacherReplay, micro_slices, policy_update, recompute_logprobs
+from visd_exp.teacher import privileged_block, teacher_inputs, teacher_logits
+
+REAL_STEP, REAL_BATCH = VISDModule.take_optimizer_step, VISDModule.training_step
+CREDIT = OmegaConf.create({"name": "topk", "k": 4, "eps_w": 0.2})
+
+
+@pytest.fixture(scope="module")
+def case(tiny, tmp_path_factory):
+    """2 prompts of different lengths and frame counts x G = 3: N = 6 rollouts; a perturbed EMA-like
+    teacher with a privileged block; old log-probs off the policy so that the clip acts."""
+    from conftest import write_square_video
+
+    model, processor = tiny
+    video = write_square_video(tmp_path_factory.mktemp("v") / "v.mp4")
+    batch = make_batch(processor, video)
+    for sample, times in zip(batch["samples"], ([i * 1.0 for i in range(8)], [i * 1.6 for i in range(5)])):
+        sample.update({"frame_times": times, "video_duration": 8.0, "answer": "B", "segment": [2.0, 5.0]})
+    torch.manual_seed(0)
+    rollouts = generate_rollouts(model, processor, batch, ALGO, vision_token_ids(processor.tokenizer))
+    G = ALGO.num_generations
+    samples = [s for s in batch["samples"] for _ in range(G)]
+    grids = [g for g in batch["image_grid_thw"] for _ in range(G)]
+    blocks = [
+        privileged_block(s["answer"], evidence_from_sample(s), f"note {i}") for i, s in enumerate(samples)
+    ]
+    inputs = teacher_inputs(processor, rollouts, samples, blocks, grids)
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    rollouts.old_logprobs = rollouts.old_logprobs + 0.3 * torch.randn_like(rollouts.old_logprobs)
+    rollouts.old_logprobs *= rollouts.completion_mask
+    advantages = torch.tensor([1.0, -0.5, -0.5, 0.8, 0.0, -0.8])
+    return model, teacher, rollouts, inputs, advantages
+
+
+def update(case, size):
+    model, teacher, rollouts, inputs, advantages = case
+    C = rollouts.completion_ids.shape[1]
+    replay = TeacherReplay(inputs, lambda x: teacher_logits(teacher, x, C), CREDIT, lam=0.5)
+    model.zero_grad(set_to_none=True)
+    out = policy_update(
+        model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=size, replay=replay
+    )
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out, grads
+
+
+def test_micro_slices():
+    assert micro_slices(6, None) == [slice(0, 6)] and micro_slices(6, 8) == [slice(0, 6)]
+    assert micro_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        micro_slices(4, 0)
+
+
+def test_select_rows_keeps_each_rows_images(case):
+    _, _, rollouts, _, _ = case
+    assert rollouts.images_per_row == [8, 8, 8, 5, 5, 5]
+    part = rollouts.select(slice(2, 4))  # the last row of prompt 1 and the first of prompt 2
+    assert part.image_grid_thw.shape[0] == 13
+    assert torch.equal(
+        part.image_grid_thw, torch.cat([rollouts.image_grid_thw[16:24], rollouts.image_grid_thw[24:29]])
+    )
+    start = int(rollouts.image_grid_thw[:16].prod(-1).sum())
+    assert torch.equal(part.pixel_values, rollouts.pixel_values[start : start + part.pixel_values.shape[0]])
+    assert select_rows(rollouts.model_inputs(), slice(0, 6), rollouts.images_per_row)[
+        "pixel_values"
+    ].shape == (rollouts.pixel_values.shape)
+
+
+@pytest.mark.parametrize("size", [3, 4, 1])
+def test_loss_gradients_and_delta_agree_across_micro_batch_sizes(case, size):
+    """fp32: micro-batches of 3 (N/2), 4 (uneven: 4 + 2) and 1 against all N = 6 at once, to 1e-5."""
+    full, full_grads = update(case, None)
+    part, part_grads = update(case, size)
+    assert full.delta.abs().max() > 1e-2 and full_grads  # a real teacher signal and a real gradient
+    assert abs(full.loss.item()) > 1e-3
+    assert abs(part.loss.item() - full.loss.item()) < 1e-5
+    assert full_grads.keys() == part_grads.keys()
+    worst = max((part_grads[k] - full_grads[k]).abs().max().item() for k in full_grads)
+    assert worst < 1e-5, worst
+    for name in ("delta", "weights", "token_advantages", "logprobs"):
+        torch.testing.assert_close(getattr(part, name), getattr(full, name), atol=1e-5, rtol=0)
+    assert abs(part.entropy - full.entropy) < 1e-5
+
+
+def test_recompute_is_micro_batched_and_matches_the_update_forward(case):
+    model, _, rollouts, _, _ = case
+    full = recompute_logprobs(model, rollouts, 0.9, None)
+    for size in (3, 1):
+        torch.testing.assert_close(recompute_logprobs(model, rollouts, 0.9, size), full, atol=1e-5, rtol=0)
+    # the same forward as the update's: ratio exactly 1 in fp32 as well
+    fresh = copy.copy(rollouts)
+    fresh.old_logprobs = recompute_logprobs(model, rollouts, 0.9, 3)
+    out = policy_update(model, fresh, torch.ones(6), temperature=0.9, epsilon=0.2, micro_batch_size=3)
+    model.zero_grad(set_to_none=True)
+    mask = rollouts.completion_mask.bool()
+    assert torch.equal(out.logprobs[mask], fresh.old_logprobs[mask])
+
+
+def test_generation_keeps_no_vocabulary_sized_scores(tiny, tmp_path, monkeypatch):
+    from conftest import write_square_video
+
+    model, processor = tiny
+    seen = {}
+    real = model.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    batch = make_batch(processor, write_square_video(tmp_path / "v.mp4"))
+    out = generate_rollouts(model, processor, batch, ALGO, vision_token_ids(processor.tokenizer))
+    for key in ("output_logits", "output_scores", "return_dict_in_generate"):
+        assert not seen.get(key), key
+    assert out.old_logprobs.shape == out.completion_ids.shape and out.old_logprobs.dtype == torch.float32
+
+
+# -- gradient accumulation across batches, through the training loop -----------------------------------
+
+
+def fixed_completions(sample: dict, G: int) -> list[str]:
+    """G completions with different rewards (format, answer), the same whatever the batch."""
+    answer = sample["answer"]
+    texts = [
+        f"<think>I look at the frames.</think><answer>{answer}</answer>",
+        f"<answer>{answer}</answer>",
+        "<think>Hard to say.</think><answer>none</answer>",
+        "no idea",
+    ]
+    return texts[:G]
+
+
+def fixed_rollouts(model, processor, batch, cfg, suppress_ids):
+    """Rollouts that depend only on each prompt (not on what else is in the batch, nor on the RNG)."""
+    from visd_exp.rollout.generation import RolloutBatch, completion_mask_from
+
+    tok, G, C = processor.tokenizer, cfg.num_generations, cfg.max_completion_length
+    inputs = repeat_prompts(batch, G)
+    texts = [t for s in batch["samples"] for t in fixed_completions(s, G)]
+    ids = torch.full((len(texts), C), tok.pad_token_id)
+    for i, text in enumerate(texts):
+        row = (tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:C]
+        ids[i, : len(row)] = torch.tensor(row)
+    mask, truncated = completion_mask_from(ids, tok.eos_token_id)
+    return RolloutBatch(
+        prompt_ids=inputs["input_ids"],
+        prompt_mask=inputs["attention_mask"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        pixel_values=inputs["pixel_values"],
+        image_grid_thw=inputs["image_grid_thw"],
+        completion_ids=ids,
+        completion_mask=mask,
+        old_logprobs=torch.zeros(ids.shape),  # recomputed (algorithm.old_logprobs=recompute)
+        truncated=truncated,
+        texts=tok.batch_decode(ids, skip_special_tokens=True),
+        images_per_row=[len(g) for g in batch["image_grid_thw"] for _ in range(G)],
+    )
+
+
+def accumulated_gradient(cache_dir, out_dir, monkeypatch, batch_size: int, accumulate: int):
+    """Run one optimizer step; return (gradient at the step, optimizer steps, training batches)."""
+    import visd_exp.module as module
+    from visd_exp.train import train
+
+    monkeypatch.setattr(module, "generate_rollouts", fixed_rollouts)
+    steps, batches = [], []
+
+    def step_spy(self, optimizer, scheduler):
+        steps.append({n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None})
+        return REAL_STEP(self, optimizer, scheduler)
+
+    def batch_spy(self, batch, batch_idx):
+        batches.append(len(batch["samples"]))
+        return REAL_BATCH(self, batch, batch_idx)
+
+    monkeypatch.setattr(module.VISDModule, "take_optimizer_step", step_spy)
+    monkeypatch.setattr(module.VISDModule, "training_step", batch_spy)
+    cfg = compose_train(
+        FAST
+        + shared_paths(cache_dir, out_dir)
+        + [
+            f"paths.output_dir={out_dir}",
+            "logger=csv",
+            "+experiment=ema_topk",
+            "trainer.max_steps=1",
+            f"data.batch_size={batch_size}",
+            f"optim.accumulate_grad_batches={accumulate}",
+            "algorithm.old_logprobs=recompute",
+            "algorithm.max_completion_length=24",
+            "callbacks.validation.every_n_steps=0",
+            "dumps.credit_every_n_steps=0",
+            "save_hf_model=false",
+        ]
+    )
+    train(cfg)
+    return steps, batches
+
+
+def test_two_batches_accumulated_equal_one_step_on_both_prompts(cache_dir, tmp_path, monkeypatch):
+    joint_steps, joint_batches = accumulated_gradient(cache_dir, tmp_path / "joint", monkeypatch, 2, 1)
+    acc_steps, acc_batches = accumulated_gradient(cache_dir, tmp_path / "acc", monkeypatch, 1, 2)
+    assert joint_batches == [2] and acc_batches == [1, 1]  # the same two prompts
+    assert len(joint_steps) == 1 and len(acc_steps) == 1  # the optimizer stepped once
+    (joint,), (acc,) = joint_steps, acc_steps
+    assert joint.keys() == acc.keys()
+    assert max(g.abs().max().item() for g in joint.values()) > 1e-4  # a real gradient
+    worst = max((joint[k] - acc[k]).abs().max().item() for k in joint)
+    assert worst < 1e-5, worst
