@@ -84,10 +84,15 @@ def test_real_checkpoints_use_the_same_loading_fields():
 def test_deepspeed_strategy_constructs_on_cpu():
     pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
     import hydra
+    from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    cfg = composed("trainer=deepspeed")
-    strategy = hydra.utils.instantiate(cfg.trainer.strategy)
-    assert type(strategy).__name__ == "DeepSpeedStrategy"
+    for name, stage in (("deepspeed", 3), ("deepspeed_cpu", 3), ("deepspeed", 2)):
+        cfg = composed(f"trainer={name}", f"trainer.strategy.stage={stage}")
+        strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+        assert isinstance(strategy, DeepSpeedStrategy)
+        assert strategy.config["zero_optimization"]["stage"] == stage
+        # the clip lives in the DeepSpeed config (Lightning refuses gradient_clip_val in manual mode)
+        assert strategy.config["gradient_clipping"] == cfg.optim.max_grad_norm == 5.0
 
 
 def test_advantage_std_defaults_to_open_o3_video():

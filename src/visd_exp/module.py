@@ -25,6 +25,8 @@ import torch
 
 from visd_exp import credit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
+from visd_exp.distributed.ranks import own_rank_state, rank_states
+from visd_exp.distributed.zero import clip_grad_norm
 from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
 from visd_exp.models import vision_token_ids
 from visd_exp.objectives import check_advantage_config, group_advantages, group_std
@@ -136,14 +138,17 @@ class VISDModule(L.LightningModule):
             "skipped_videos": self.skipped_videos,
             "accumulated": self.accumulated,  # 0: checkpoints are written after optimizer steps
         }
+        # hook (multi-process): every rank's RNG states and the world size (collective on all ranks)
+        checkpoint["visd_state"].update(rank_states(checkpoint["visd_state"]["rng"]))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("visd_state")
         if state is None:
             return
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        set_numpy_rng_state(state["rng"]["numpy"])
+        rng = own_rank_state(state, state["rng"])  # hook (multi-process): this rank's own RNG streams
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        set_numpy_rng_state(rng["numpy"])
         self.batches_seen = state["batches_seen"]
         self.skipped_steps, self.skipped_videos = state["skipped_steps"], state["skipped_videos"]
         self.accumulated = state.get("accumulated", 0)
@@ -281,7 +286,9 @@ class VISDModule(L.LightningModule):
 
     def take_optimizer_step(self, optimizer, scheduler) -> torch.Tensor:
         """Clip the accumulated gradient and step; a non-finite loss or gradient drops the whole window."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
+        # hook (DeepSpeed): the engine clips in step() by its config's gradient_clipping; this is the
+        # true global norm over the ranks' gradient partitions. Without DeepSpeed: clip_grad_norm_.
+        grad_norm = clip_grad_norm(self, self.cfg.optim.max_grad_norm)
         finite = self.window_finite and bool(torch.isfinite(grad_norm))
         self.accumulated, self.window_finite = 0, True
         if finite:
@@ -376,6 +383,8 @@ class VISDModule(L.LightningModule):
                 samples[rows], feedback[rows], rollouts.texts[rows], scores[rows], advantages[rows]
             )
         ]
+        if self._trainer is not None and not self._trainer.is_global_zero:
+            return  # hook (multi-process): every rank computed its replay (collectives), rank 0 writes
         write_credit_dump(
             Path(self.cfg.paths.output_dir),
             self.global_step,

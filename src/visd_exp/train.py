@@ -74,10 +74,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
     if cfg.get("save_hf_model", True):
-        module.model.save_pretrained(output_dir / "hf_model")
+        from visd_exp.distributed.zero import save_pretrained
         from visd_exp.models.processor import save_processor
 
-        save_processor(processor, output_dir / "hf_model")
+        # hook (multi-process, ZeRO-3): the student is gathered, rank 0 writes
+        if save_pretrained(module.model, output_dir / "hf_model"):
+            save_processor(processor, output_dir / "hf_model")
     log.info("run directory: %s", output_dir)
     return metrics
 

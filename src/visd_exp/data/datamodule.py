@@ -272,8 +272,11 @@ class VideoQADataModule(L.LightningDataModule):
         pad = self.processor.tokenizer.pad_token_id
         sampler = None
         if shuffle:
-            sampler = ResumableSampler(
-                len(self.datasets[split]), self.cfg.batch_size, int(self.cfg.get("seed", 0))
+            from visd_exp.distributed.sampler import train_sampler
+
+            # hook (multi-process): each rank takes its share of every global batch; one rank: ResumableSampler
+            sampler = train_sampler(
+                len(self.datasets[split]), self.cfg.batch_size, int(self.cfg.get("seed", 0)), self.trainer
             )
             sampler.start(self.batches_seen)
         return DataLoader(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from visd_exp.distributed.zero import generate_sync_kwargs
 from visd_exp.objectives import selective_log_softmax
 
 
@@ -171,6 +172,7 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             stopping_criteria=StoppingCriteriaList([recorder] if recorder else []),
+            **generate_sync_kwargs(model),  # hook (DeepSpeed ZeRO-3, >1 rank): synced_gpus=True
         )
     finally:
         model.train(was_training)

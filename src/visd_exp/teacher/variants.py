@@ -21,6 +21,8 @@ import copy
 import torch
 from torch import nn
 
+from visd_exp.distributed.zero import check_full_weights, gathered_teacher_update, is_partitioned
+
 
 class TeacherState(nn.Module):
     """Holds the teacher weights (when the variant needs a copy) and updates them."""
@@ -33,6 +35,7 @@ class TeacherState(nn.Module):
         self.copy = None
         self.master = None  # the EMA's fp32 state when the copy is not fp32
         if kind in ("sync", "ema"):
+            check_full_weights(student)  # hook (DeepSpeed ZeRO-3): never deepcopy partitioned shards
             self.copy = copy.deepcopy(student).eval()
             self.copy.requires_grad_(False)
         if kind == "ema" and any(p.dtype in (torch.bfloat16, torch.float16) for p in self.copy.parameters()):
@@ -80,6 +83,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, rate: float, state: FP32S
     With `state` the lerp runs on its fp32 tensors and the teacher's parameters are copied (rounded)
     from them; without, in the teacher's own dtype. Buffers are copied from the student.
     """
+    if is_partitioned(teacher):  # hook (DeepSpeed ZeRO-3): gather layer by layer, write with modifier_rank
+        return gathered_teacher_update(teacher, student, rate, state.tensors() if state is not None else None)
     targets = state.tensors() if state is not None else list(teacher.parameters())
     for t, s in zip(targets, student.parameters()):
         t.lerp_(s.detach().to(t.dtype), rate)
@@ -92,6 +97,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, rate: float, state: FP32S
 
 @torch.no_grad()
 def sync_copy(teacher: nn.Module, student: nn.Module) -> None:
+    if is_partitioned(teacher):  # hook (DeepSpeed ZeRO-3): gather layer by layer, write with modifier_rank
+        return gathered_teacher_update(teacher, student, 1.0)
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.copy_(s.detach())
     for t, s in zip(teacher.buffers(), student.buffers()):

@@ -51,11 +51,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """`ckpt_path`: a path, or "last" = this run directory's last.ckpt, else the newest run's of this task."""
     ckpt = cfg.get("ckpt_path")
     if ckpt != "last":
-        if ckpt is not None and not Path(ckpt).is_file():
+        if ckpt is not None and not Path(ckpt).exists():  # a DeepSpeed checkpoint is a directory
             raise SystemExit(f"ckpt_path={ckpt}: no such checkpoint")
         return ckpt
     own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if own.is_file():
+    if own.exists():
         return str(own)
     runs = Path(cfg.paths.log_dir) / cfg.task_name
     candidates = sorted(runs.glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
