@@ -26,7 +26,7 @@ import torch
 from visd_exp import credit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
 from visd_exp.distributed.ranks import own_rank_state, rank_states
-from visd_exp.distributed.zero import clip_grad_norm
+from visd_exp.distributed.zero import accumulating_backward, clip_grad_norm
 from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
 from visd_exp.models import vision_token_ids
 from visd_exp.objectives import check_advantage_config, group_advantages, group_std
@@ -216,7 +216,12 @@ class VISDModule(L.LightningModule):
             micro_batch_size=self.micro_batch_size,
             replay=replay,
             loss_scale=1.0 / self.accumulate_grad_batches,
-            backward=self.manual_backward,
+            # hook (DeepSpeed ZeRO-1/2): the engine is told which backward ends the accumulation window
+            backward=accumulating_backward(
+                self,
+                len(micro_slices(rollouts.num_rollouts, self.micro_batch_size)),
+                self.accumulated + 1 == self.accumulate_grad_batches,
+            ),
             watch=watch,
         )
         if replay is not None:

@@ -178,6 +178,34 @@ def global_grad_norm(engine) -> torch.Tensor:
     return (torch.stack(grads).sum().sqrt() if grads else torch.zeros((), dtype=torch.float64)).float()
 
 
+def accumulating_backward(module, calls: int, ends_window: bool):
+    """`module.manual_backward` for the `calls` backward passes of one batch (one per micro-batch).
+
+    Lightning runs the whole training_step inside ONE engine forward, and the micro-batch forwards
+    call the model directly, so the engine sees several backward passes per forward and per step.
+    Left alone, each backward would replace the previous one's gradient (measured: ZeRO-2 and ZeRO-3
+    keep only the last micro-batch). So before each backward the ZeRO optimizer gets what an engine
+    forward gives it (`clear_backward_seen_flag`: ZeRO-3 advances its micro-step, so it adds instead of
+    copying), and the engine is told where the accumulation window ends (ZeRO-1/2 reduce there): at the
+    last call of the batch that ends the window. Without DeepSpeed: `manual_backward` itself.
+    """
+    engine = deepspeed_engine(getattr(module, "_trainer", None))
+    if engine is None:
+        return module.manual_backward
+    done = 0
+
+    def backward(loss: torch.Tensor) -> None:
+        nonlocal done
+        done += 1
+        clear = getattr(engine.optimizer, "clear_backward_seen_flag", None)
+        if clear is not None:
+            clear()  # a no-op before the step's first backward
+        engine.set_gradient_accumulation_boundary(ends_window and done == calls)
+        module.manual_backward(loss)
+
+    return backward
+
+
 def clip_grad_norm(module, max_norm: float) -> torch.Tensor:
     """The step's grad norm (before clipping). Plain: torch's clip_grad_norm_ (clips here).
     DeepSpeed: the engine clips inside step() by the config's `gradient_clipping`; the true global norm here."""
