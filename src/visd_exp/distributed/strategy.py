@@ -34,6 +34,15 @@ class VISDDeepSpeedStrategy(DeepSpeedStrategy):
         self._applied_sq = 0.0  # local sum of squares of the gradients the torch optimizer stepped with
         self._hooked = None
 
+    def setup(self, trainer) -> None:
+        # bf16/fp16: the engine casts the whole module; the EMA teacher keeps an fp32 state (zero.py)
+        precision = str(getattr(self.precision_plugin, "precision", ""))
+        if precision.startswith(("bf16", "16")) and self.lightning_module is not None:
+            from visd_exp.distributed.zero import ensure_fp32_teacher_state
+
+            ensure_fp32_teacher_state(self.lightning_module)
+        super().setup(trainer)
+
     def _initialize_deepspeed_train(self, model) -> None:
         super()._initialize_deepspeed_train(model)
         engine = self.deepspeed_engine

@@ -84,21 +84,37 @@ def gathered_teacher_update(
     """
     index = {id(p): i for i, p in enumerate(teacher.parameters())}
     for t_params, s_params in paired_layers(teacher, student):
+        # a half-precision engine steps fp32 master weights: the EMA follows those, not their bf16 copy
+        targets = [student_fp32(s) for s in s_params]  # collective (every rank) where it gathers
         with gathered(s_params), gathered(t_params, modifier_rank=0):
-            for t, s in zip(t_params, s_params):
+            for t, s, s32 in zip(t_params, s_params, targets):
                 if t.shape != s.shape:
                     raise ValueError(f"teacher/student shape mismatch {tuple(t.shape)} vs {tuple(s.shape)}")
+                value = s.data if s32 is None else s32.view_as(s.data)
                 master = state[index[id(t)]] if state is not None else None
                 if rate >= 1.0:
                     if master is not None:
-                        master.copy_(s.data)
-                    t.data.copy_(s.data)
+                        master.copy_(value)
+                    t.data.copy_(value)
                 elif master is not None:
-                    t.data.copy_(master.lerp_(s.data.to(master.dtype), rate))
+                    t.data.copy_(master.lerp_(value.to(master.dtype), rate))
                 else:
-                    t.data.copy_(t.data.float().lerp_(s.data.float(), rate))
+                    t.data.copy_(t.data.float().lerp_(value.float(), rate))
     for t, s in zip(teacher.buffers(), student.buffers()):  # buffers are never partitioned
         t.copy_(s)
+
+
+def student_fp32(param: nn.Parameter) -> torch.Tensor | None:
+    """The fp32 master value of a half-precision parameter trained by a DeepSpeed engine, else None.
+
+    `safe_get_full_fp32_param` gathers it from the optimizer's partitions (ZeRO-1/2/3; collective)."""
+    if param.dtype not in (torch.bfloat16, torch.float16) or not param.requires_grad:
+        return None
+    if not (hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")):
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return safe_get_full_fp32_param(param)
 
 
 def check_full_weights(student: nn.Module) -> None:
@@ -229,4 +245,26 @@ def save_pretrained(model: nn.Module, path) -> bool:
     if dist.is_initialized() and dist.get_rank() != 0:
         return False
     model.save_pretrained(path, state_dict=state)
+    return True
+
+
+def ensure_fp32_teacher_state(module) -> bool:
+    """Give an EMA teacher its fp32 state before a half-precision DeepSpeed engine casts it.
+
+    DeepSpeed's bf16/fp16 mode casts every parameter of the wrapped module, the teacher copy included,
+    so an EMA built from an fp32 student would then accumulate in bf16 (most updates round away). The
+    teacher's FP32State (teacher/variants.py) is created here from the still-fp32 copy; DeepSpeed keeps
+    fp32 buffers as they are. Under ZeRO-3 it is a full copy on every rank (buffers are not partitioned).
+    True when a state was created.
+    """
+    teacher = getattr(module, "teacher", None)
+    if (
+        teacher is None
+        or getattr(teacher, "kind", None) != "ema"
+        or getattr(teacher, "master", 1) is not None
+    ):
+        return False
+    from visd_exp.teacher.variants import FP32State
+
+    teacher.master = FP32State(teacher.copy)
     return True
