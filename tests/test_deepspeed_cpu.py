@@ -228,10 +228,12 @@ def test_zero2_and_micro_batches_give_the_same_gradient(zero3_run, cache_dir, tm
     reason="one more 2-process run (~45 s); set VISD_TEST_DISTRIBUTED_RESUME=1",
 )
 def test_zero3_resume_is_exact_on_every_rank(zero3_run, cache_dir, tmp_path):
-    """Resume the ZeRO-3 run from its step-2 checkpoint: steps 2-3 log the same metrics and the
-    student and teacher are bitwise the uninterrupted run's (per-rank data position and RNG streams)."""
+    """Resume the ZeRO-3 run from its step-2 checkpoint: steps 2-3 log the same metrics and reach the same
+    student and teacher (per-rank data position and RNG streams). Step 2 is bitwise identical; the
+    update after the resume may differ in the last bit (measured: 7e-9 in the weights, 1e-7 relative in
+    step 3's grad norm; with clip 5 and no micro-batches the whole run was bitwise identical)."""
     ckpt = zero3_run / "checkpoints" / "step_000002.ckpt"
-    resumed = deepspeed_run(cache_dir, tmp_path, 3, 4, f"ckpt_path={ckpt}")
+    resumed = deepspeed_run(cache_dir, tmp_path, 3, 4, "algorithm.micro_batch_size=2", f"ckpt_path={ckpt}")
     before, after = metrics(zero3_run), metrics(resumed)
     assert sorted(after) == [2, 3]
     for step, row in after.items():
@@ -242,7 +244,12 @@ def test_zero3_resume_is_exact_on_every_rank(zero3_run, cache_dir, tmp_path):
                 or math.isnan(value)
             ):
                 continue  # wall times; data/* set-up counts are logged again at the resumed step
-            assert value == before[step][key], (step, key)
+            expected = before[step][key]
+            assert value == (expected if step == 2 else pytest.approx(expected, rel=1e-5, abs=1e-9)), (
+                step,
+                key,
+            )
     for original, again in zip(states(zero3_run)[2:], states(resumed, first=2)):
         for part in ("student", "teacher"):
-            assert all(torch.equal(original[part][k], again[part][k]) for k in original[part]), part
+            error = max((original[part][k] - again[part][k]).abs().max().item() for k in original[part])
+            assert error <= (0.0 if original["step"] == 2 else 1e-6), (original["step"], part, error)
