@@ -37,6 +37,21 @@ def tg(completion: str, evidence=EVIDENCE) -> JudgeItem:
     return JudgeItem("temporal_grounding", "When is the red square visible?", TG_REF, evidence, completion)
 
 
+def test_rule_judge_diagnoses_the_answer_the_verifier_scores():
+    """Two answer blocks: the verifier scores the first (Open-o3-Video's rule), so must the judge."""
+    from visd_exp.rewards import score
+
+    judge = RuleJudge()
+    think = "<think>The red square appears at <t>2.0</t>s and leaves at <t>5.0</t>s.</think>"
+    wrong_then_right = f"{think}<answer>From <t>7.0</t>s to <t>9.0</t>s</answer><answer>{TG_REF}</answer>"
+    sample = {"task": "temporal_grounding", "answer": TG_REF, "segment": [2.0, 5.0]}
+    assert score(wrong_then_right, sample)["ans_tmp"] == 0.0
+    assert judge.diagnose(tg(wrong_then_right)).verdict == "wrong"
+    right_then_wrong = f"{think}<answer>{TG_REF}</answer><answer>From <t>7.0</t>s to <t>9.0</t>s</answer>"
+    assert score(right_then_wrong, sample)["ans_tmp"] == 1.0
+    assert judge.diagnose(tg(right_then_wrong)).verdict == "correct"
+
+
 # -- evidence ------------------------------------------------------------------------------------------
 
 

@@ -33,8 +33,16 @@ from visd_exp.judge.reference import (
 )
 from visd_exp.judge.scoring import LEAN_RE, Thresholds, best_iou, fmt_span, same_name, score_answer
 from visd_exp.rewards.parsing import Claim, ParsedCompletion, parse_completion
+from visd_exp.rewards.reading import block
 
 CAUSES = ("wrong_focus", "too_little_evidence", "answer_drift", "incomplete")
+
+
+def as_scored(completion: str) -> str:
+    """The completion up to the end of its first answer block: the block the verifier scores
+    (rewards/reading.py), so the judge diagnoses the answer that earned the reward, not a later one."""
+    span = block(completion, "<answer>", "</answer>")
+    return completion if span is None else completion[: span[1] + len("</answer>")]
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class RuleJudge:
 
     def diagnose(self, item: JudgeItem) -> Diagnosis:
         """The verdict, the cause and the feedback sentences for one rollout."""
-        parsed = parse_completion(item.completion)
+        parsed = parse_completion(as_scored(item.completion))
         ref = parse_reference(item.standard_answer.strip())
         task = task_kind(item.task, ref)
         ev = with_reference(read_evidence(item.evidence, item.sample), ref)
