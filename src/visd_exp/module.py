@@ -25,7 +25,7 @@ import torch
 
 from visd_exp import credit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
-from visd_exp.distributed.ranks import own_rank_state, rank_states
+from visd_exp.distributed.ranks import all_ranks, own_rank_state, rank_states
 from visd_exp.distributed.zero import accumulating_backward, clip_grad_norm
 from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
 from visd_exp.models import vision_token_ids
@@ -163,7 +163,8 @@ class VISDModule(L.LightningModule):
         self.batches_seen += 1
         self.stepped = False
         self.skipped_videos += batch.get("skipped_videos", 0)
-        if not batch["samples"]:  # every video of the batch failed to decode
+        # every video of the batch failed to decode (on any rank: the ranks skip together, or ZeRO-3 hangs)
+        if not all_ranks(bool(batch["samples"]), self.device):
             self.log("data/skipped_videos", float(self.skipped_videos), on_step=True, batch_size=1)
             return None
 
@@ -294,7 +295,8 @@ class VISDModule(L.LightningModule):
         # hook (DeepSpeed): the engine clips in step() by its config's gradient_clipping; this is the
         # true global norm over the ranks' gradient partitions. Without DeepSpeed: clip_grad_norm_.
         grad_norm = clip_grad_norm(self, self.cfg.optim.max_grad_norm)
-        finite = self.window_finite and bool(torch.isfinite(grad_norm))
+        # the ranks skip together: one rank skipping alone would leave the others in the engine's collectives
+        finite = all_ranks(self.window_finite and bool(torch.isfinite(grad_norm)), self.device)
         self.accumulated, self.window_finite = 0, True
         if finite:
             optimizer.step()

@@ -39,3 +39,20 @@ def own_rank_state(state: dict, default: dict) -> dict:
         )
     by_rank = state.get("rng_by_rank")
     return by_rank[rank] if by_rank else default
+
+
+def all_ranks(flag: bool, device=None) -> bool:
+    """True only if `flag` is true on every rank (one MIN all-reduce; `flag` itself with one process).
+
+    For decisions one rank cannot take alone: under ZeRO-3 a rank that skips a step (its batch's videos all
+    failed to decode, or its loss was not finite) stops joining the collectives the others are in, and the
+    run hangs instead of failing. Deciding together keeps every rank on the same path.
+    """
+    dist = _dist()
+    if dist is None:
+        return bool(flag)
+    import torch
+
+    value = torch.tensor(1 if flag else 0, dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
