@@ -170,11 +170,7 @@ def ground_truth(sample: Mapping) -> GroundTruth:
     answer = sample.get("answer")
     answer = None if answer is None else str(answer)
     options = sample.get("options")
-    key_frames = (
-        _key_frames(sample)
-        if (spec.thk_tmp == "point" or spec.thk_spa == "claims" or spec.ans_spa == "claims")
-        else ()
-    )
+    key_frames = _key_frames(sample) if spec.uses_key_frames else ()
     duration = _finite(sample.get("duration"))
     return GroundTruth(
         spec=spec,

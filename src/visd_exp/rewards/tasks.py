@@ -35,6 +35,11 @@ class TaskSpec:
     aliases: tuple[str, ...] = ()
 
     @property
+    def uses_key_frames(self) -> bool:
+        """Its components read key frames: Eq. 12's times, or the boxes of Eq. 13 / the answer's claims."""
+        return self.thk_tmp == "point" or self.thk_spa == "claims" or self.ans_spa == "claims"
+
+    @property
     def components(self) -> frozenset[str]:
         """K(x): the components this task supports; the others are masked out of Eq. 10."""
         present = {
