@@ -52,18 +52,23 @@ class VISDDeepSpeedStrategy(DeepSpeedStrategy):
             self._hooked = base
 
     def _record_applied_grad(self, optimizer, args, kwargs) -> None:
-        # ZeRO steps the torch optimizer once per parameter sub-group: accumulate over the calls.
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._applied_sq += float(p.grad.detach().double().pow(2).sum())
+        # ZeRO steps the torch optimizer once per parameter sub-group: accumulate over the calls, on the
+        # device (one read per step in optimizer_step, not a device sync per parameter).
+        squares = [
+            p.grad.detach().double().pow(2).sum()
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        if squares:
+            self._applied_sq = self._applied_sq + torch.stack(squares).sum()
 
     def optimizer_step(self, optimizer, closure, model=None, **kwargs: Any) -> Any:
         self._applied_sq = 0.0
         out = super().optimizer_step(optimizer, closure, model, **kwargs)
         import torch.distributed as dist
 
-        applied = torch.tensor(self._applied_sq, dtype=torch.float64)
+        applied = torch.as_tensor(self._applied_sq, dtype=torch.float64)
         if dist.is_initialized():
             # ZeRO partitions the gradient: each rank stepped its own part (gloo and NCCL: on the engine's device)
             applied = applied.to(self.root_device)
