@@ -90,7 +90,7 @@ def bad_file(dataset):
     flipped = copy.deepcopy(st["key_items"])
     flipped[key][name][0] = [40, 10, 20, 30]
     late_frames = copy.deepcopy(st["key_frames"])
-    late_frames[0]["time"] = 9.5
+    late_frames[0]["time"] = 20.0  # the mp4 lasts 8 s: far past what clipping allows (5 s)
     box_field = f"key_items[{key}][{name}][0]"
 
     lines = [
@@ -101,7 +101,7 @@ def bad_file(dataset):
         (json.dumps(ff), None),  # 5
         (json.dumps(variant(ff, "bad-task", task="captioning")), ("task", "unknown task")),  # 6
         (json.dumps(variant(tg, "seg-order", segment=[5.0, 5.0])), ("segment", "not before")),  # 7
-        (json.dumps(variant(tg, "seg-late", segment=[2.0, 9.0])), ("segment", "past the video")),  # 8
+        (json.dumps(variant(tg, "seg-late", segment=[2.0, 30.0])), ("segment", "past the video")),  # 8
         (json.dumps(variant(st, "kf-late", key_frames=late_frames)), ("key_frames[0].time", "outside")),  # 9
         (json.dumps(variant(st, "box-out", key_items=outside)), (box_field, "outside the 56x56")),  # 10
         (json.dumps(variant(st, "box-flip", key_items=flipped)), (box_field, "x1 < x2")),  # 11
@@ -227,12 +227,65 @@ def test_missing_file_is_one_clear_line_and_exit_2(tmp_path):
 
 def test_probed_duration_is_used_when_the_record_has_none(dataset, tmp_path):
     tg = by_task(dataset, "temporal_grounding")
-    late = variant(tg, "late", duration=KeyError, segment=[2.0, 9.0])  # the mp4 lasts 8 s
+    late = variant(tg, "late", duration=KeyError, segment=[2.0, 30.0])  # the mp4 lasts 8 s
     path = tmp_path / "late.jsonl"
     path.write_text(json.dumps({**late, "video_path": str(dataset / tg["video_path"])}) + "\n")
     (problem,) = validate_file(path).problems
     assert (problem.line, problem.field) == (1, "segment") and "duration 8" in problem.message
     assert validate_file(path, probe_videos=False).ok  # no duration known: the upper bound is skipped
+
+
+def test_ends_slightly_past_the_probed_duration_are_clipped_and_counted(dataset, tmp_path):
+    """Real annotations end a little past the video (Charades-STA): clipped to the probed 8 s, counted;
+    within max(5 s, 10%) only: beyond that it stays an error."""
+    tg = by_task(dataset, "temporal_grounding")
+    st = by_task(dataset, "spatio_temporal_grounding")
+    frames = copy.deepcopy(st["key_frames"])
+    frames[0]["time"] = 9.5
+    rows = [
+        variant(tg, "end-9", duration=KeyError, segment=[2.0, 9.0]),
+        variant(tg, "end-13", duration=KeyError, segment=[2.0, 13.0]),
+        variant(tg, "end-13.5", duration=KeyError, segment=[2.0, 13.5]),
+        variant(st, "kf-9.5", duration=KeyError, key_frames=frames),
+        variant(tg, "start-past", duration=KeyError, segment=[8.5, 9.0]),
+    ]
+    path = tmp_path / "clip.jsonl"
+    path.write_text("".join(json.dumps({**r, "video_path": str(dataset / r["video_path"])}) + "\n" for r in rows))
+    report = validate_file(path)
+    assert report.clipped == 3
+    assert [(p.line, p.field) for p in report.problems] == [(3, "segment"), (5, "segment")]
+    by_id = {r["id"]: r for r in report.records}
+    assert by_id["end-9"]["segment"] == [2.0, 8.0] and by_id["end-13"]["segment"] == [2.0, 8.0]
+    assert by_id["kf-9.5"]["key_frames"][0]["time"] == 8.0
+    result = run_cli(path, "--lenient")
+    assert "clipped 3 interval end(s)" in result.stdout and "kept 3 of 5 records" in result.stdout
+
+
+def test_normalised_boxes_in_a_pixel_field_are_reported_never_trained_on(dataset, tmp_path):
+    """STGR's key_items are normalised; in the project schema they are pixels. Every box within [0, 1]
+    passes the inside-the-frame check, so it is caught by shape: an error naming file, line and field."""
+    st = by_task(dataset, "spatio_temporal_grounding")
+    key, name = first_box_key(st)
+    normalised = {key: {name: [[0.1, 0.2, 0.45, 0.6]]}}
+    vqa = variant(st, "vqa", task="visual_qa", answer="<obj>cup</obj><box>[0.1,0.1,0.5,0.5]</box>")
+    rows = [variant(st, "norm", key_items=normalised), vqa, st]
+    path = tmp_path / "norm.jsonl"
+    path.write_text("".join(json.dumps({**r, "video_path": str(dataset / r["video_path"])}) + "\n" for r in rows))
+    report = validate_file(path)
+    assert [(p.line, p.field) for p in report.problems] == [(1, "key_items"), (2, "answer")]
+    assert all("normalised" in p.message for p in report.problems)
+    assert [r["id"] for r in report.records] == [st["id"]]
+
+
+def test_a_json_array_of_project_records_is_read(dataset, tmp_path):
+    """A JSON array (how most published files come) is read element by element, each with its line."""
+    tg, ff = by_task(dataset, "temporal_grounding"), by_task(dataset, "free_form")
+    rows = [{**r, "video_path": str(dataset / r["video_path"])} for r in (tg, ff)]
+    path = tmp_path / "array.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(r, indent=1) for r in rows) + "\n]\n")
+    report = validate_file(path, fmt="project")
+    second_line = 2 + json.dumps(rows[0], indent=1).count("\n") + 1
+    assert report.ok and [r["_where"] for r in report.records] == [f"{path}:2", f"{path}:{second_line}"]
 
 
 def test_every_problem_of_one_record_is_reported(tmp_path):

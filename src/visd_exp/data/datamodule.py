@@ -1,4 +1,4 @@
-"""The data module: JSONL records -> sampled frames (torchcodec) -> chat prompt -> processor tensors.
+"""The data module: records (any published format) -> sampled frames (torchcodec) -> chat prompt -> processor tensors.
 
 At setup every video is probed (a missing or corrupt file fails here, naming the file) and each
 prompt's token length is computed without decoding; prompts longer than `max_prompt_length` are
@@ -25,10 +25,19 @@ from visd_exp.data.frames import (
 )
 from visd_exp.data.prompts import render_prompt
 from visd_exp.data.records import load_records
-from visd_exp.data.validate import DataValidationError, ProbeResult, load_valid_records
+from visd_exp.data.probing import ProbeResult
+from visd_exp.data.validate import DataValidationError, describe_extras, validate_file
 from visd_exp.rewards.tasks import UnknownTaskError, task_spec
 
 log = logging.getLogger(__name__)
+
+
+def _canonical(task: str) -> str:
+    """The project's name of a task (readers and aliases alike); a V-STaR chain name as it is."""
+    try:
+        return task_spec(task).name
+    except UnknownTaskError:
+        return task
 
 
 def key_times(record: dict) -> list[float]:
@@ -201,7 +210,8 @@ class VideoQADataModule(L.LightningDataModule):
             return None
         records = self.read_records(split, path)
         if self.cfg.get("tasks"):
-            records = [r for r in records if r["task"] in set(self.cfg.tasks)]
+            wanted = {_canonical(t) for t in self.cfg.tasks}
+            records = [r for r in records if _canonical(r["task"]) in wanted]
         kept, plans, dropped = [], [], 0
         for record in records:
             info = self.video_info(record["video_path"])
@@ -237,17 +247,34 @@ class VideoQADataModule(L.LightningDataModule):
         self.probes[path] = ProbeResult(info, None)
         return info
 
+    def reading(self) -> dict:
+        """How data files are read: data.format (null = detected), data.video_root, data.source_roots."""
+        roots = self.cfg.get("source_roots")
+        if roots is not None:
+            from omegaconf import OmegaConf
+
+            roots = OmegaConf.to_container(roots, resolve=True) if not isinstance(roots, dict) else roots
+        return {
+            "fmt": self.cfg.get("format"),
+            "video_root": self.cfg.get("video_root"),
+            "source_roots": roots,
+        }
+
     def read_records(self, split: str, path: str) -> list[dict]:
-        """Records of a split file, after validation: strict stops on any problem (all listed, with
-        file:line: field), lenient drops bad lines and counts them (data/skipped), off only parses."""
+        """Records of a split file in any published format, after validation: strict stops on any problem
+        (all listed, with file:line: field), lenient drops bad records and counts them (data/skipped),
+        off only parses. Records a reader does not use (images) and clipped intervals are counted."""
         mode = self.cfg.get("validation", "strict")
         if mode == "off":
-            return load_records(path)
-        records, report = load_valid_records(
-            path, max_problems=int(self.cfg.get("max_problems", 50)), cache=self.probes
+            return load_records(path, **self.reading())
+        report = validate_file(
+            path, max_problems=int(self.cfg.get("max_problems", 50)), cache=self.probes, **self.reading()
         )
+        records = report.records
         if report.problems and mode == "strict":
             raise DataValidationError(report)
+        for line in describe_extras(report):
+            log.warning(line)
         for problem in report.problems:
             log.warning("skipping %s", problem)
         if report.skipped:
@@ -259,6 +286,8 @@ class VideoQADataModule(L.LightningDataModule):
                 report.skipped,
             )
         self.stats[f"data/{split}_skipped"] = report.skipped
+        self.stats[f"data/{split}_unused"] = sum(report.unused.values())
+        self.stats[f"data/{split}_clipped"] = report.clipped
         self.stats["data/skipped"] = self.stats.get("data/skipped", 0) + report.skipped
         return records
 

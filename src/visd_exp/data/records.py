@@ -1,9 +1,17 @@
-"""Reading JSONL records (docs/DATA.md) with errors that name the file and line."""
+"""Reading records without validation (data.validation=off), with errors that name the file and line.
+
+Any format `visd_exp.data.formats` reads; only the required fields are checked here.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+
+from visd_exp.data.formats import read_file
+from visd_exp.data.formats.base import FieldError
+from visd_exp.data.probing import cached_probe
 
 REQUIRED_FIELDS = ("id", "task", "video_path", "question", "answer")
 
@@ -12,28 +20,28 @@ class RecordError(ValueError):
     """A malformed record: the message is `file:line: field: what is wrong`."""
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Records of a JSONL file; `video_path` resolved against the file's directory; `_where` = file:line."""
+def load_records(
+    path: str | Path,
+    fmt: str | None = None,
+    video_root: str | Path | None = None,
+    source_roots: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Records of a data file; `video_path` resolved (video_root, else the file's directory); `_where` = file:line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
+    loaded = read_file(path, fmt, video_root, source_roots, cached_probe({}))
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{where}: <json>: {exc.msg} at column {exc.colno}") from None
-            if not isinstance(record, dict):
-                raise RecordError(f"{where}: <record>: expected a JSON object, got {type(record).__name__}")
-            for field in REQUIRED_FIELDS:
-                if not isinstance(record.get(field), str) or not record[field].strip():
-                    raise RecordError(f"{where}: {field}: missing or not a non-empty string")
-            video = Path(record["video_path"])
-            record["video_path"] = str(video if video.is_absolute() else (path.parent / video))
-            record["_where"] = where
-            records.append(record)
+    for lineno, record in loaded.entries:
+        where = f"{path}:{lineno}"
+        if isinstance(record, json.JSONDecodeError):
+            raise RecordError(f"{where}: <json>: {record.msg} at column {record.colno}")
+        if isinstance(record, FieldError):
+            raise RecordError(f"{where}: {record.field}: {record.message}")
+        if not isinstance(record, dict):
+            raise RecordError(f"{where}: <record>: expected a JSON object, got {type(record).__name__}")
+        for field in REQUIRED_FIELDS:
+            if not isinstance(record.get(field), str) or not record[field].strip():
+                raise RecordError(f"{where}: {field}: missing or not a non-empty string")
+        records.append({**record, "_where": where})
     return records
