@@ -33,22 +33,64 @@ def _array(path: Path, records: list[dict]) -> Path:
 
 
 STGR_RL = [
-    {"id": 1, "source": "timerft", "task": "temporal QA", "video_path": "timerft/a.mp4",
-     "question": "When is the red square on the left half?", "answer": "[0.5, 3.0]"},
-    {"id": 2, "source": "TVG_activitynet", "task": "temporal QA (MCQ)", "video_path": "tvg/a.mp4",
-     "question": "When does the square move?\nA. never\nB. at once\nC. throughout",
-     "answer": "C\n[0.0, 5.5]"},
-    {"id": 3, "source": "STR_plm_rdcap", "task": "temporal-spatial free-form QA", "video_path": "str/b.mp4",
-     "question": "What colour is the square?", "answer": "red", "image_size": [W, H],
-     "key_frames": [{"idx": 4, "time": 1.0, "path": "kf/3_4.jpg"}, {"idx": 12, "time": 3.0, "path": "kf/3_12.jpg"}],
-     "key_items": {"4": {"red square": [[0.1875, 0.2083, 0.4375, 0.5417]]},
-                   "12": {"red square": [[0.5, 0.2083, 0.75, 0.5417]]}}},
-    {"id": 4, "source": "videor1_mc", "task": "General video QA MCQ", "video_path": "vr1/a.mp4",
-     "question": "Which way does the square move?\nA. left\nB. right\nC. up\nD. down", "answer": "B"},
-    {"id": 5, "source": "videor1_free_from", "task": "General video QA Free-form", "video_path": "vr1/a.mp4",
-     "question": "Describe the video.", "answer": "A red square moves to the right."},
-    {"id": 6, "source": "gqa", "task": "visual QA", "image_path": "gqa/1.jpg", "question": "Where is the cup?",
-     "answer": "<obj>cup</obj><box>[10,20,30,40]</box>", "image_size": [640, 480]},
+    {
+        "id": 1,
+        "source": "timerft",
+        "task": "temporal QA",
+        "video_path": "timerft/a.mp4",
+        "question": "When is the red square on the left half?",
+        "answer": "[0.5, 3.0]",
+    },
+    {
+        "id": 2,
+        "source": "TVG_activitynet",
+        "task": "temporal QA (MCQ)",
+        "video_path": "tvg/a.mp4",
+        "question": "When does the square move?\nA. never\nB. at once\nC. throughout",
+        "answer": "C\n[0.0, 5.5]",
+    },
+    {
+        "id": 3,
+        "source": "STR_plm_rdcap",
+        "task": "temporal-spatial free-form QA",
+        "video_path": "str/b.mp4",
+        "question": "What colour is the square?",
+        "answer": "red",
+        "image_size": [W, H],
+        "key_frames": [
+            {"idx": 4, "time": 1.0, "path": "kf/3_4.jpg"},
+            {"idx": 12, "time": 3.0, "path": "kf/3_12.jpg"},
+        ],
+        "key_items": {
+            "4": {"red square": [[0.1875, 0.2083, 0.4375, 0.5417]]},
+            "12": {"red square": [[0.5, 0.2083, 0.75, 0.5417]]},
+        },
+    },
+    {
+        "id": 4,
+        "source": "videor1_mc",
+        "task": "General video QA MCQ",
+        "video_path": "vr1/a.mp4",
+        "question": "Which way does the square move?\nA. left\nB. right\nC. up\nD. down",
+        "answer": "B",
+    },
+    {
+        "id": 5,
+        "source": "videor1_free_from",
+        "task": "General video QA Free-form",
+        "video_path": "vr1/a.mp4",
+        "question": "Describe the video.",
+        "answer": "A red square moves to the right.",
+    },
+    {
+        "id": 6,
+        "source": "gqa",
+        "task": "visual QA",
+        "image_path": "gqa/1.jpg",
+        "question": "Where is the cup?",
+        "answer": "<obj>cup</obj><box>[10,20,30,40]</box>",
+        "image_size": [640, 480],
+    },
 ]
 
 
@@ -59,11 +101,18 @@ def write_stgr_rl(root: Path) -> Path:
 
 
 STGR_SFT = [
-    {**STGR_RL[2], "id": 11,
-     "reasoning_process": "At <t>1.0</t>s the <obj>red square</obj><box>[0.1875,0.2083,0.4375,0.5417]</box> is "
-                          "on the left; it is red."},
-    {**STGR_RL[0], "id": 12, "answer": "From <t>0.5</t>s to <t>3.0</t>s",
-     "reasoning_process": "The square starts at <t>0.5</t>s on the left and leaves that half at <t>3.0</t>s."},
+    {
+        **STGR_RL[2],
+        "id": 11,
+        "reasoning_process": "At <t>1.0</t>s the <obj>red square</obj><box>[0.1875,0.2083,0.4375,0.5417]</box> is "
+        "on the left; it is red.",
+    },
+    {
+        **STGR_RL[0],
+        "id": 12,
+        "answer": "From <t>0.5</t>s to <t>3.0</t>s",
+        "reasoning_process": "The square starts at <t>0.5</t>s on the left and leaves that half at <t>3.0</t>s.",
+    },
     {**STGR_RL[3], "id": 13, "reasoning_process": "The square goes from left to right, so B."},
 ]
 
@@ -76,20 +125,66 @@ def write_stgr_sft(root: Path) -> Path:
 
 
 VIDEO_R1 = [
-    {"problem_id": 1, "problem": "Which way does the square move?", "data_type": "video",
-     "problem_type": "multiple choice", "options": ["A. left", "B. right"], "solution": "<answer>B</answer>",
-     "path": "./LLaVA-Video-178K/a.mp4", "data_source": "LLaVA-Video-178K"},
-    {"problem_id": 2, "problem": "How many squares are there?", "data_type": "video", "problem_type": "numerical",
-     "options": [], "solution": "<answer>1.0</answer>", "path": "./STAR/b.mp4", "data_source": "STAR"},
-    {"problem_id": 3, "problem": "What moves?", "data_type": "video", "problem_type": "free-form",
-     "options": [], "solution": "<answer>a red square</answer>", "path": "./STAR/b.mp4", "data_source": "STAR"},
-    {"problem_id": 4, "problem": "What text is shown?", "data_type": "video", "problem_type": "OCR",
-     "options": [], "solution": "<answer>none</answer>", "path": "./STAR/b.mp4", "data_source": "STAR"},
-    {"problem_id": 5, "problem": "How many seconds does the video last?", "data_type": "video",
-     "problem_type": "regression", "options": [], "solution": "<answer>6</answer>",
-     "path": "./LLaVA-Video-178K/a.mp4", "data_source": "LLaVA-Video-178K"},
-    {"problem_id": 6, "problem": "What is in the image?", "data_type": "image", "problem_type": "free-form",
-     "options": [], "solution": "<answer>a cat</answer>", "path": "./Images/c.jpg", "data_source": "Images"},
+    {
+        "problem_id": 1,
+        "problem": "Which way does the square move?",
+        "data_type": "video",
+        "problem_type": "multiple choice",
+        "options": ["A. left", "B. right"],
+        "solution": "<answer>B</answer>",
+        "path": "./LLaVA-Video-178K/a.mp4",
+        "data_source": "LLaVA-Video-178K",
+    },
+    {
+        "problem_id": 2,
+        "problem": "How many squares are there?",
+        "data_type": "video",
+        "problem_type": "numerical",
+        "options": [],
+        "solution": "<answer>1.0</answer>",
+        "path": "./STAR/b.mp4",
+        "data_source": "STAR",
+    },
+    {
+        "problem_id": 3,
+        "problem": "What moves?",
+        "data_type": "video",
+        "problem_type": "free-form",
+        "options": [],
+        "solution": "<answer>a red square</answer>",
+        "path": "./STAR/b.mp4",
+        "data_source": "STAR",
+    },
+    {
+        "problem_id": 4,
+        "problem": "What text is shown?",
+        "data_type": "video",
+        "problem_type": "OCR",
+        "options": [],
+        "solution": "<answer>none</answer>",
+        "path": "./STAR/b.mp4",
+        "data_source": "STAR",
+    },
+    {
+        "problem_id": 5,
+        "problem": "How many seconds does the video last?",
+        "data_type": "video",
+        "problem_type": "regression",
+        "options": [],
+        "solution": "<answer>6</answer>",
+        "path": "./LLaVA-Video-178K/a.mp4",
+        "data_source": "LLaVA-Video-178K",
+    },
+    {
+        "problem_id": 6,
+        "problem": "What is in the image?",
+        "data_type": "image",
+        "problem_type": "free-form",
+        "options": [],
+        "solution": "<answer>a cat</answer>",
+        "path": "./Images/c.jpg",
+        "data_source": "Images",
+    },
 ]
 
 
@@ -100,19 +195,41 @@ def write_video_r1(root: Path) -> Path:
 
 
 VSTAR = [
-    {"vid": "vs_one", "domain": "Indoor", "fps": 4, "width": W, "height": H, "frame_count": 24,
-     "question": "What moves across the video?", "answer": "A red square.",
-     "temporal_question": "When is the square on the right half?", "timestamps": [3.0, 5.5],
-     "spatial_question": "Where is the square while it is on the right?", "spatial_question_2": "Where is the square?",
-     "object": "red square",
-     "bboxes": [{"timestamp": 3, "frame_index": 12, "xmin": 28, "ymin": 10, "xmax": 44, "ymax": 26},
-                {"timestamp": 5, "frame_index": 20, "xmin": 44, "ymin": 10, "xmax": 60, "ymax": 26}]},
-    {"vid": "vs_two", "domain": "Outdoor", "fps": 4, "width": W, "height": H, "frame_count": 24,
-     "question": "What colour is the square?", "answer": "Red.",
-     "temporal_question": "When is the square visible?", "timestamps": [0.0, 6.0],
-     "spatial_question": "Where is the square?", "spatial_question_2": "Where is the square at the start?",
-     "object": "square",
-     "bboxes": [{"timestamp": 1, "frame_index": 4, "xmin": 12, "ymin": 10, "xmax": 28, "ymax": 26}]},
+    {
+        "vid": "vs_one",
+        "domain": "Indoor",
+        "fps": 4,
+        "width": W,
+        "height": H,
+        "frame_count": 24,
+        "question": "What moves across the video?",
+        "answer": "A red square.",
+        "temporal_question": "When is the square on the right half?",
+        "timestamps": [3.0, 5.5],
+        "spatial_question": "Where is the square while it is on the right?",
+        "spatial_question_2": "Where is the square?",
+        "object": "red square",
+        "bboxes": [
+            {"timestamp": 3, "frame_index": 12, "xmin": 28, "ymin": 10, "xmax": 44, "ymax": 26},
+            {"timestamp": 5, "frame_index": 20, "xmin": 44, "ymin": 10, "xmax": 60, "ymax": 26},
+        ],
+    },
+    {
+        "vid": "vs_two",
+        "domain": "Outdoor",
+        "fps": 4,
+        "width": W,
+        "height": H,
+        "frame_count": 24,
+        "question": "What colour is the square?",
+        "answer": "Red.",
+        "temporal_question": "When is the square visible?",
+        "timestamps": [0.0, 6.0],
+        "spatial_question": "Where is the square?",
+        "spatial_question_2": "Where is the square at the start?",
+        "object": "square",
+        "bboxes": [{"timestamp": 1, "frame_index": 4, "xmin": 12, "ymin": 10, "xmax": 28, "ymax": 26}],
+    },
 ]
 
 

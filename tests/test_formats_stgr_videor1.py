@@ -69,37 +69,123 @@ def by_line(loaded) -> dict:
 
 MCQ_QUESTION = "Which way does the square move?\nA. left\nB. right\nC. up"
 STGR_RL = [
-    {"id": 101, "source": "timerft", "task": "temporal QA", "video_path": "clips/a.mp4",
-     "question": "When is the red square visible?", "answer": "[2.0, 5.5]", "image_size": [1280, 720]},
-    {"id": "s-2", "source": "timerft", "task": "temporal QA (MCQ)", "video_path": "clips/a.mp4",
-     "question": "When does it stop?\nA. never\nB. at once\nC. at the end", "answer": "C\n[1.5, 6.0]"},
-    {"id": 103, "source": "STR_plm_x", "task": "temporal-spatial free-form QA", "video_path": "clips/b.mp4",
-     "question": "What is red?", "answer": "a square", "image_size": [1280, 720],
-     "key_frames": [{"idx": 8, "time": 2.0, "path": "kf/103_8.jpg"}, {"idx": 16, "time": 4.0, "path": "kf/103_16.jpg"}],
-     "key_items": {"8": {"red square": [[0.125, 0.25, 0.5, 0.75]]},
-                   "16": {"red square": [[0.0, 0.0, 1.0, 1.0]], "ball": [[0.1, 0.2, 0.55, 0.9]]}}},
-    {"id": 104, "source": "videor1_mc", "task": "General video QA MCQ", "video_path": "clips/a.mp4",
-     "question": MCQ_QUESTION, "answer": "B"},
+    {
+        "id": 101,
+        "source": "timerft",
+        "task": "temporal QA",
+        "video_path": "clips/a.mp4",
+        "question": "When is the red square visible?",
+        "answer": "[2.0, 5.5]",
+        "image_size": [1280, 720],
+    },
+    {
+        "id": "s-2",
+        "source": "timerft",
+        "task": "temporal QA (MCQ)",
+        "video_path": "clips/a.mp4",
+        "question": "When does it stop?\nA. never\nB. at once\nC. at the end",
+        "answer": "C\n[1.5, 6.0]",
+    },
+    {
+        "id": 103,
+        "source": "STR_plm_x",
+        "task": "temporal-spatial free-form QA",
+        "video_path": "clips/b.mp4",
+        "question": "What is red?",
+        "answer": "a square",
+        "image_size": [1280, 720],
+        "key_frames": [
+            {"idx": 8, "time": 2.0, "path": "kf/103_8.jpg"},
+            {"idx": 16, "time": 4.0, "path": "kf/103_16.jpg"},
+        ],
+        "key_items": {
+            "8": {"red square": [[0.125, 0.25, 0.5, 0.75]]},
+            "16": {"red square": [[0.0, 0.0, 1.0, 1.0]], "ball": [[0.1, 0.2, 0.55, 0.9]]},
+        },
+    },
+    {
+        "id": 104,
+        "source": "videor1_mc",
+        "task": "General video QA MCQ",
+        "video_path": "clips/a.mp4",
+        "question": MCQ_QUESTION,
+        "answer": "B",
+    },
     # a `datasets` load: the keys this task does not use come back as null
-    {"id": 105, "source": "videor1_free_from", "task": "General video QA Free-form", "video_path": "clips/a.mp4",
-     "image_path": None, "question": "Describe it.", "answer": "A red square.", "key_frames": None,
-     "key_items": None, "reasoning_process": None, "image_size": None},
-    {"id": 106, "source": "gqa", "task": "visual QA", "image_path": "images/1.jpg", "question": "Where is the cup?",
-     "answer": "<obj>cup</obj><box>[10,20,30,40]</box>", "image_size": [640, 480]},
-    {"id": 107, "source": "videor1_mc", "task": "General video QA MCQ", "video_path": "clips/a.mp4",
-     "question": "Which way does it move?", "answer": "B"},
-    {"id": 108, "source": "STR_x", "task": "temporal-spatial free-form QA", "video_path": "clips/b.mp4",
-     "question": "What?", "answer": "a cup", "key_frames": [{"idx": 8, "time": 2.0, "path": "kf.jpg"}],
-     "key_items": {"8": {"cup": [[0.1, 0.1, 0.2, 0.2], [0.1, 0.2, 1.2, 0.9]]}}},
-    {"id": 109, "source": "timerft", "task": "temporal qa", "video_path": "clips/a.mp4",
-     "question": "When?", "answer": "[1.0, 2.0]"},
-    {"id": 110, "source": "STR_x", "task": "temporal-spatial free-form QA", "video_path": "clips/missing.mp4",
-     "question": "What?", "answer": "x", "key_frames": [{"idx": 0, "time": 0.0, "path": "k.jpg"}],
-     "key_items": {"0": {"x": [[0.1, 0.1, 0.2, 0.2]]}}},
-    {"id": None, "source": "timerft", "task": "temporal QA", "video_path": "clips/a.mp4",
-     "question": "When?", "answer": "[1.0, 2.0]"},
-    {"id": 112, "source": "timerft", "task": "temporal QA", "video_path": "clips/a.mp4",
-     "question": "When?", "answer": "sometime"},
+    {
+        "id": 105,
+        "source": "videor1_free_from",
+        "task": "General video QA Free-form",
+        "video_path": "clips/a.mp4",
+        "image_path": None,
+        "question": "Describe it.",
+        "answer": "A red square.",
+        "key_frames": None,
+        "key_items": None,
+        "reasoning_process": None,
+        "image_size": None,
+    },
+    {
+        "id": 106,
+        "source": "gqa",
+        "task": "visual QA",
+        "image_path": "images/1.jpg",
+        "question": "Where is the cup?",
+        "answer": "<obj>cup</obj><box>[10,20,30,40]</box>",
+        "image_size": [640, 480],
+    },
+    {
+        "id": 107,
+        "source": "videor1_mc",
+        "task": "General video QA MCQ",
+        "video_path": "clips/a.mp4",
+        "question": "Which way does it move?",
+        "answer": "B",
+    },
+    {
+        "id": 108,
+        "source": "STR_x",
+        "task": "temporal-spatial free-form QA",
+        "video_path": "clips/b.mp4",
+        "question": "What?",
+        "answer": "a cup",
+        "key_frames": [{"idx": 8, "time": 2.0, "path": "kf.jpg"}],
+        "key_items": {"8": {"cup": [[0.1, 0.1, 0.2, 0.2], [0.1, 0.2, 1.2, 0.9]]}},
+    },
+    {
+        "id": 109,
+        "source": "timerft",
+        "task": "temporal qa",
+        "video_path": "clips/a.mp4",
+        "question": "When?",
+        "answer": "[1.0, 2.0]",
+    },
+    {
+        "id": 110,
+        "source": "STR_x",
+        "task": "temporal-spatial free-form QA",
+        "video_path": "clips/missing.mp4",
+        "question": "What?",
+        "answer": "x",
+        "key_frames": [{"idx": 0, "time": 0.0, "path": "k.jpg"}],
+        "key_items": {"0": {"x": [[0.1, 0.1, 0.2, 0.2]]}},
+    },
+    {
+        "id": None,
+        "source": "timerft",
+        "task": "temporal QA",
+        "video_path": "clips/a.mp4",
+        "question": "When?",
+        "answer": "[1.0, 2.0]",
+    },
+    {
+        "id": 112,
+        "source": "timerft",
+        "task": "temporal QA",
+        "video_path": "clips/a.mp4",
+        "question": "When?",
+        "answer": "sometime",
+    },
 ]
 
 
@@ -114,28 +200,49 @@ def test_stgr_rl(root, tmp_path):
     got = by_line(loaded)
 
     r = got[2]
-    assert r == {"id": "101", "task": "temporal_grounding", "source": "timerft",
-                 "video_path": str((root / "clips/a.mp4").resolve()), "question": "When is the red square visible?",
-                 "answer": "[2.0, 5.5]", "segment": [2.0, 5.5]}  # no probe: no image_size taken from the file
+    assert r == {
+        "id": "101",
+        "task": "temporal_grounding",
+        "source": "timerft",
+        "video_path": str((root / "clips/a.mp4").resolve()),
+        "question": "When is the red square visible?",
+        "answer": "[2.0, 5.5]",
+        "segment": [2.0, 5.5],
+    }  # no probe: no image_size taken from the file
 
     r = got[3]
-    assert (r["id"], r["task"], r["answer"], r["segment"]) == ("s-2", "temporal_grounding_choice", "C\n[1.5, 6.0]",
-                                                              [1.5, 6.0])
+    assert (r["id"], r["task"], r["answer"], r["segment"]) == (
+        "s-2",
+        "temporal_grounding_choice",
+        "C\n[1.5, 6.0]",
+        [1.5, 6.0],
+    )
     assert r["options"] == ["A. never", "B. at once", "C. at the end"]
 
     r = got[4]
     assert r["task"] == "spatio_temporal_qa" and r["image_size"] == [64, 48]
     assert r["key_frames"] == [{"idx": 8, "time": 2.0}, {"idx": 16, "time": 4.0}]
-    assert r["key_items"] == {"8": {"red square": [[8.0, 12.0, 32.0, 36.0]]},
-                              "16": {"red square": [[0.0, 0.0, 64.0, 48.0]], "ball": [[6.4, 9.6, 35.2, 43.2]]}}
+    assert r["key_items"] == {
+        "8": {"red square": [[8.0, 12.0, 32.0, 36.0]]},
+        "16": {"red square": [[0.0, 0.0, 64.0, 48.0]], "ball": [[6.4, 9.6, 35.2, 43.2]]},
+    }
     assert "segment" not in r and "reasoning_process" not in r
 
     r = got[5]
-    assert (r["task"], r["answer"], r["options"]) == ("multiple_choice", "B", ["A. left", "B. right", "C. up"])
+    assert (r["task"], r["answer"], r["options"]) == (
+        "multiple_choice",
+        "B",
+        ["A. left", "B. right", "C. up"],
+    )
     assert r["question"] == MCQ_QUESTION
 
     r = got[6]
-    assert (r["id"], r["task"], r["source"], r["answer"]) == ("105", "free_form", "videor1_free_from", "A red square.")
+    assert (r["id"], r["task"], r["source"], r["answer"]) == (
+        "105",
+        "free_form",
+        "videor1_free_from",
+        "A red square.",
+    )
     assert not {"key_frames", "key_items", "image_size", "reasoning_process", "options"} & set(r)
 
     errors = {line: (e.field, e.message) for line, e in loaded.entries if isinstance(e, FieldError)}
@@ -147,7 +254,10 @@ def test_stgr_rl(root, tmp_path):
     assert errors[12] == ("id", "missing")
     assert errors[13][0] == "answer"
     # only the records with normalised boxes were probed
-    assert set(counting.cache) == {str((root / "clips/b.mp4").resolve()), str((root / "clips/missing.mp4").resolve())}
+    assert set(counting.cache) == {
+        str((root / "clips/b.mp4").resolve()),
+        str((root / "clips/missing.mp4").resolve()),
+    }
 
 
 # ----------------------------------------------------------------------------- STGR-SFT (pretty-printed)
@@ -218,12 +328,30 @@ def test_stgr_sft(root, tmp_path):
 
 def test_stgr_source_roots(root, tmp_path):
     records = [
-        {"id": 1, "source": "STR_plm_x", "task": "temporal QA", "video_path": "v1.mp4", "question": "When?",
-         "answer": "[1.0, 2.0]"},
-        {"id": 2, "source": "timerft", "task": "temporal QA", "video_path": "t1.mp4", "question": "When?",
-         "answer": "[1.0, 2.0]"},
-        {"id": 3, "source": "videor1_free_from", "task": "General video QA Free-form", "video_path": "f.mp4",
-         "question": "What?", "answer": "x"},
+        {
+            "id": 1,
+            "source": "STR_plm_x",
+            "task": "temporal QA",
+            "video_path": "v1.mp4",
+            "question": "When?",
+            "answer": "[1.0, 2.0]",
+        },
+        {
+            "id": 2,
+            "source": "timerft",
+            "task": "temporal QA",
+            "video_path": "t1.mp4",
+            "question": "When?",
+            "answer": "[1.0, 2.0]",
+        },
+        {
+            "id": 3,
+            "source": "videor1_free_from",
+            "task": "General video QA Free-form",
+            "video_path": "f.mp4",
+            "question": "What?",
+            "answer": "x",
+        },
     ]
     path = write_array(tmp_path / "roots.json", records)
     roots = {"STR_plm_x": "str_plm", "timerft": str(root / "abs_timerft")}
@@ -231,15 +359,27 @@ def test_stgr_source_roots(root, tmp_path):
     got = by_line(loaded)
     assert got[2]["video_path"] == str((root / "str_plm/v1.mp4").resolve())
     assert got[3]["video_path"] == str((root / "abs_timerft/t1.mp4").resolve())
-    assert isinstance(got[4], FieldError) and got[4].field == "source" and "videor1_free_from" in got[4].message
+    assert (
+        isinstance(got[4], FieldError) and got[4].field == "source" and "videor1_free_from" in got[4].message
+    )
     assert all(Path(got[k]["video_path"]).is_file() for k in (2, 3))
 
 
 # ----------------------------------------------------------------------------- Video-R1
 
+
 def vr1(pid, ptype, solution, options=(), data_type="video", path="./LLaVA-Video-178K/x/c1.mp4", **extra):
-    return {"problem_id": pid, "problem": f"Question {pid}?", "data_type": data_type, "problem_type": ptype,
-            "options": list(options), "solution": solution, "path": path, "data_source": "LLaVA-Video-178K", **extra}
+    return {
+        "problem_id": pid,
+        "problem": f"Question {pid}?",
+        "data_type": data_type,
+        "problem_type": ptype,
+        "options": list(options),
+        "solution": solution,
+        "path": path,
+        "data_source": "LLaVA-Video-178K",
+        **extra,
+    }
 
 
 VIDEO_R1 = [
@@ -248,7 +388,14 @@ VIDEO_R1 = [
     vr1(3, "OCR", "<answer> EXIT 12 </answer>"),
     vr1(4, "free-form", "<answer>A red square moves.</answer>"),
     vr1(5, "regression", "<answer>42</answer>"),
-    vr1(6, "multiple choice", "<answer>A</answer>", ["A. yes", "B. no"], data_type="image", path="./CLEVR/6.png"),
+    vr1(
+        6,
+        "multiple choice",
+        "<answer>A</answer>",
+        ["A. yes", "B. no"],
+        data_type="image",
+        path="./CLEVR/6.png",
+    ),
     vr1(7, "numerical", "<answer>2</answer>", data_type="image", path="./Math/7.jpg"),
     vr1(8, "yes/no", "<answer>yes</answer>"),
     vr1(9, "multiple choice", "<answer>A</answer>", []),
@@ -266,24 +413,43 @@ def test_video_r1(root, tmp_path):
     assert [line for line, _ in loaded.entries] == [2, 3, 4, 5, 6, 9, 10, 11]
     got = by_line(loaded)
     video = str((root / "LLaVA-Video-178K/x/c1.mp4").resolve())
-    assert got[2] == {"id": "1", "task": "multiple_choice", "source": "LLaVA-Video-178K", "video_path": video,
-                      "question": "Question 1?\nA. red\nB. blue\nC. green", "answer": "B",
-                      "options": ["A. red", "B. blue", "C. green"]}
+    assert got[2] == {
+        "id": "1",
+        "task": "multiple_choice",
+        "source": "LLaVA-Video-178K",
+        "video_path": video,
+        "question": "Question 1?\nA. red\nB. blue\nC. green",
+        "answer": "B",
+        "options": ["A. red", "B. blue", "C. green"],
+    }
     assert [(got[k]["task"], got[k]["answer"], got[k]["question"]) for k in (3, 4, 5, 6)] == [
-        ("numerical", "3.5", "Question 2?"), ("ocr", "EXIT 12", "Question 3?"),
-        ("free_form", "A red square moves.", "Question 4?"), ("regression", "42", "Question 5?")]
+        ("numerical", "3.5", "Question 2?"),
+        ("ocr", "EXIT 12", "Question 3?"),
+        ("free_form", "A red square moves.", "Question 4?"),
+        ("regression", "42", "Question 5?"),
+    ]
     assert all("options" not in got[k] and "reasoning_process" not in got[k] for k in (3, 4, 5, 6))
     assert [(got[k].field, type(got[k]).__name__) for k in (9, 10, 11)] == [
-        ("problem_type", "FieldError"), ("options", "FieldError"), ("solution", "FieldError")]
+        ("problem_type", "FieldError"),
+        ("options", "FieldError"),
+        ("solution", "FieldError"),
+    ]
     assert counting.cache == {}  # nothing of Video-R1 needs the frame size
 
 
 def test_video_r1_cot(root, tmp_path):
     records = [
-        vr1(11, "multiple choice", "<answer>C</answer>", ["A. 1", "B. 2", "C. 3"],
-            process="<think>I count three squares.</think>"),
-        {**vr1(12, "free-form", "<answer>It turns.</answer>", process="<think>It rotates at 2 s.</think>"),
-         "data_source": None},
+        vr1(
+            11,
+            "multiple choice",
+            "<answer>C</answer>",
+            ["A. 1", "B. 2", "C. 3"],
+            process="<think>I count three squares.</think>",
+        ),
+        {
+            **vr1(12, "free-form", "<answer>It turns.</answer>", process="<think>It rotates at 2 s.</think>"),
+            "data_source": None,
+        },
     ]
     path = write_array(tmp_path / "Video-R1-COT-165k.json", records)
     assert detect_format(path) == "video_r1"

@@ -250,7 +250,9 @@ def test_ends_slightly_past_the_probed_duration_are_clipped_and_counted(dataset,
         variant(tg, "start-past", duration=KeyError, segment=[8.5, 9.0]),
     ]
     path = tmp_path / "clip.jsonl"
-    path.write_text("".join(json.dumps({**r, "video_path": str(dataset / r["video_path"])}) + "\n" for r in rows))
+    path.write_text(
+        "".join(json.dumps({**r, "video_path": str(dataset / r["video_path"])}) + "\n" for r in rows)
+    )
     report = validate_file(path)
     assert report.clipped == 3
     assert [(p.line, p.field) for p in report.problems] == [(3, "segment"), (5, "segment")]
@@ -270,7 +272,9 @@ def test_normalised_boxes_in_a_pixel_field_are_reported_never_trained_on(dataset
     vqa = variant(st, "vqa", task="visual_qa", answer="<obj>cup</obj><box>[0.1,0.1,0.5,0.5]</box>")
     rows = [variant(st, "norm", key_items=normalised), vqa, st]
     path = tmp_path / "norm.jsonl"
-    path.write_text("".join(json.dumps({**r, "video_path": str(dataset / r["video_path"])}) + "\n" for r in rows))
+    path.write_text(
+        "".join(json.dumps({**r, "video_path": str(dataset / r["video_path"])}) + "\n" for r in rows)
+    )
     report = validate_file(path)
     assert [(p.line, p.field) for p in report.problems] == [(1, "key_items"), (2, "answer")]
     assert all("normalised" in p.message for p in report.problems)

@@ -4,7 +4,10 @@
     python -m visd_exp.evaluate model_dir=logs/train/runs/<time>/hf_model data_file=/data/test.jsonl
     python -m visd_exp.evaluate                       # the tiny default model as configured
 
-Writes report.json, report.md and predictions.jsonl into logs/evaluate/runs/<time>/.
+Writes report.json, report.md and predictions.jsonl into logs/evaluate/runs/<time>/. Rows of a benchmark
+(source vstar, charades_sta, tvgbench) are also scored by its protocol (visd_exp.benchmarks):
+report["benchmarks"][name], its table in report.md, and for V-STaR vstar_results.json, the official
+results file (the published file is vstar_file, else the evaluated data file).
 """
 
 from __future__ import annotations
@@ -58,11 +61,14 @@ def load_for_eval(cfg: DictConfig):
 def evaluate(cfg: DictConfig) -> dict:
     from tqdm import tqdm
 
+    from visd_exp.benchmarks import benchmark_fields, benchmark_tables, build_answer_judge, run_benchmarks
     from visd_exp.data.datamodule import VideoQADataModule
     from visd_exp.evaluation import markdown_report, predict, summarize_predictions
     from visd_exp.utils.setup import quiet_known_warnings
 
     quiet_known_warnings()
+    # The V-STaR answer judge first: a judge that cannot work (no API key) stops before any model loads.
+    answer_judge = build_answer_judge(cfg.get("answer_judge"))
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,9 +90,17 @@ def evaluate(cfg: DictConfig) -> dict:
         dataset.records, dataset.plans = dataset.records[: cfg.max_samples], dataset.plans[: cfg.max_samples]
     datamodule.datasets[split] = dataset
     batches = tqdm(datamodule.loader(split, shuffle=False), desc=f"evaluate {split}", unit="batch")
+    samples: list[dict] = []  # the samples in the order predict() scores them (one row each)
+
+    def tap(batches):
+        for batch in batches:
+            samples.extend(batch["samples"])
+            yield batch
+
     rows = []
     with open(out_dir / "predictions.jsonl", "w") as handle:
-        for row in predict(model, processor, batches, cfg.max_completion_length):
+        for i, row in enumerate(predict(model, processor, tap(batches), cfg.max_completion_length)):
+            row = {**row, **benchmark_fields(samples[i])}  # what the benchmark protocols read; {} otherwise
             rows.append(row)
             handle.write(json.dumps(row) + "\n")
     report = {
@@ -95,8 +109,21 @@ def evaluate(cfg: DictConfig) -> dict:
         "data_file": data_cfg.get(f"{split}_file"),
         **summarize_predictions(rows),
     }
+    title = f"Evaluation of {source} on {split}"
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(markdown_report(report, f"Evaluation of {source} on {split}"))
+    (out_dir / "report.md").write_text(markdown_report(report, title))
+    # Benchmark protocols (may call the answer judge); the generic report above stands if they fail.
+    try:
+        vstar_file = cfg.get("vstar_file") or report["data_file"]
+        benchmarks = run_benchmarks(rows, answer_judge, out_dir, vstar_file=vstar_file)
+    finally:
+        answer_judge.close()
+    if benchmarks:
+        report["benchmarks"] = benchmarks
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        (out_dir / "report.md").write_text(
+            markdown_report(report, title) + "\n" + benchmark_tables(benchmarks)
+        )
     log.info("report: %s", out_dir / "report.md")
     print((out_dir / "report.md").read_text())
     return report

@@ -72,9 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp.replace(out)  # never a half-written file under the final name
 
     unused = sum(report.unused.values())
-    print(
-        f"read {source} as {report.format}: {report.total + unused} records ({report.total} usable queries)"
-    )
+    print(f"read {source} as {report.format}: {report.read} records -> {report.total} queries")
     for problem in report.problems:
         print(f"skipped: {problem}")
     if report.truncated:

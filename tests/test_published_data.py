@@ -1,0 +1,189 @@
+"""Published files as users have them on disk, through every entry point that takes a data file:
+`data.validate` and `data.convert` (command lines), and 3-step training runs from the command line on
+an STGR-RL-shaped and a Video-R1-shaped file. Fixtures: tests/published_fixtures.py (written by hand in
+the published shapes, over mp4s made here)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+import published_fixtures as pf
+from conftest import PROJECT_ROOT
+
+
+def cli(module: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"visd_exp.data.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("published")
+    return {
+        "stgr": pf.write_stgr_rl(root / "stgr"),
+        "video_r1": pf.write_video_r1(root / "video_r1"),
+        "vstar": pf.write_vstar(root / "vstar"),
+        "charades": pf.write_charades(root / "charades"),
+    }
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_convert_stgr_rl_writes_the_project_schema_and_says_what_it_skipped(files, tmp_path):
+    out = tmp_path / "stgr.jsonl"
+    result = cli("convert", files["stgr"], "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"read {files['stgr']} as stgr: 6 records -> 5 queries" in result.stdout
+    assert "not used: 1 image record (images are not read)" in result.stdout
+    assert f"wrote 5 records to {out}; skipped 0 with problems, 1 not used" in result.stdout
+    records = {r["id"]: r for r in read_jsonl(out)}
+    assert [records[k]["task"] for k in "12345"] == [
+        "temporal_grounding",
+        "temporal_grounding_choice",
+        "spatio_temporal_qa",
+        "multiple_choice",
+        "free_form",
+    ]
+    assert records["1"]["segment"] == [0.5, 3.0] and records["2"]["segment"] == [0.0, 5.5]
+    # normalised key_items -> pixels of the probed 64 x 48 frame: 0.1875 * 64 = 12, 0.2083 * 48 = 10.0
+    assert records["3"]["image_size"] == [64, 48]
+    assert records["3"]["key_items"] == {
+        "4": {"red square": [[12.0, 10.0, 28.0, 26.0]]},
+        "12": {"red square": [[32.0, 10.0, 48.0, 26.0]]},
+    }
+    assert records["3"]["key_frames"] == [{"idx": 4, "time": 1.0}, {"idx": 12, "time": 3.0}]
+    assert records["4"]["options"] == ["A. left", "B. right", "C. up", "D. down"]
+    assert records["1"]["video_path"] == str(files["stgr"].parent / "timerft" / "a.mp4")
+    # the written file is valid project data on its own
+    assert cli("validate", out).returncode == 0
+
+
+def test_convert_charades_clips_an_end_past_the_video_and_counts_it(files, tmp_path):
+    out = tmp_path / "charades.jsonl"
+    result = cli("convert", files["charades"], "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "clipped 1 interval end(s)" in result.stdout
+    segments = [r["segment"] for r in read_jsonl(out)]
+    assert segments == [[0.0, 3.2], [2.5, 6.0], [1.0, 4.0]]  # the videos last 6 s
+
+
+@pytest.mark.parametrize("name, count", [("stgr", 5), ("video_r1", 5), ("vstar", 10), ("charades", 3)])
+def test_validate_reads_every_published_format(files, name, count):
+    result = cli("validate", files[name])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OK: {count} records in 1 file" in result.stdout
+
+
+def test_a_bad_published_record_is_one_line_naming_file_line_and_field(files, tmp_path):
+    records = json.loads(files["stgr"].read_text())
+    records[2]["key_items"]["4"]["red square"][0] = [12, 10, 28, 26]  # pixels where normalised belong
+    path = files["stgr"].parent / "bad.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+    result = cli("validate", path)
+    assert result.returncode == 1
+    (line,) = [x for x in result.stdout.splitlines() if re.match(rf"{re.escape(str(path))}:\d+: ", x)]
+    assert line.startswith(f"{path}:4: key_items[4][red square][0]: ")
+
+
+def train_three_steps(data_file, run_dir, cache_dir):
+    args = [
+        "data=jsonl",
+        f"data.train_file={data_file}",
+        "trainer.max_steps=3",
+        "model.warm_start=null",
+        "data.batch_size=2",
+        "algorithm.max_completion_length=24",
+        "logger=csv",
+        "dumps.credit_every_n_steps=0",
+        "save_hf_model=false",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.log_dir={run_dir / 'logs'}",
+        f"paths.output_dir={run_dir}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "visd_exp.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=PROJECT_ROOT,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["stgr", "video_r1"])
+def test_three_training_steps_on_a_published_file(files, name, tmp_path, cache_dir):
+    rows = train_three_steps(files[name], tmp_path / "run", cache_dir)
+    steps = [r for r in rows if r.get("reward")]
+    assert len(steps) == 3
+    setup = next(r for r in rows if r.get("data/train_records"))
+    assert float(setup["data/train_records"]) == 5 and float(setup["data/train_unused"]) == 1
+
+
+def evaluate(data_file, out_dir, cache_dir) -> dict:
+    args = [
+        f"data_file={data_file}",
+        "model.warm_start=null",
+        "max_completion_length=24",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={out_dir}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "visd_exp.evaluate", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=PROJECT_ROOT,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out_dir / "report.json").read_text())
+
+
+def test_evaluate_on_vstar_writes_the_report_and_the_official_results_file(files, tmp_path, cache_dir):
+    report = evaluate(files["vstar"], tmp_path, cache_dir)
+    vstar = report["benchmarks"]["vstar"]
+    assert {"answer", "chain1", "chain2", "mAM", "mLGM", "grader"} <= set(vstar), sorted(vstar)
+    assert vstar["num_records"] == 2 and not vstar["missing_rows"]
+    table = (tmp_path / "report.md").read_text()
+    assert (
+        "| What Acc | When tIoU Chain1 | When tIoU Chain2 | Where sIoU Chain1 | Where sIoU Chain2 | mAM | mLGM |"
+        in table
+    )
+    results = json.loads((tmp_path / "vstar_results.json").read_text())
+    published = json.loads(files["vstar"].read_text())
+    assert [r["vid"] for r in results] == [r["vid"] for r in published]
+    for record, original in zip(results, published):
+        assert {k: record[k] for k in original} == original  # the published record, unchanged
+        assert {
+            "answer_vqa",
+            "answer_temporal",
+            "answer_temporal_2",
+            "answer_spatial",
+            "answer_spatial_2",
+        } <= set(record)
+        assert isinstance(record["answer_spatial"], dict) and isinstance(record["answer_spatial_2"], dict)
+
+
+def test_evaluate_on_charades_sta_text_reports_r1_and_miou(files, tmp_path, cache_dir):
+    report = evaluate(files["charades"], tmp_path, cache_dir)
+    charades = report["benchmarks"]["charades_sta"]
+    assert charades["num_queries"] == 3
+    assert set(charades) >= {"R1@0.3", "R1@0.5", "R1@0.7", "mIoU"}
+    assert "| R@0.3 | R@0.5 | R@0.7 | mIoU |" in (tmp_path / "report.md").read_text()
