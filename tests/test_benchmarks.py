@@ -464,10 +464,12 @@ def test_evaluate_stops_on_a_missing_key_before_loading_a_model(monkeypatch, tmp
 
 def grounding_rows(source: str) -> list[dict]:
     rows = [{"source": source, "task": "temporal_grounding", "tiou": t} for t in (0.2, 0.4, 0.6, 0.8)]
-    # a row without tiou is scored from its completion: [0, 10] vs [0, 5] -> 0.5
+    # rows with a completion are scored from it: [0, 10] vs [0, 5] -> 0.5; "[2.0, 4.0]" (two numbers, as
+    # V-STaR's reader takes them; the strict reward grammar would give 0) vs [2, 6] -> 0.5
     rows.append(
         {"source": source, "prediction": answer("From <t>0</t>s to <t>10</t>s"), "segment": [0.0, 5.0]}
     )
+    rows.append({"source": source, "prediction": answer("[2.0, 4.0]"), "segment": [2.0, 6.0], "tiou": 0.0})
     return rows
 
 
@@ -475,7 +477,7 @@ def test_charades_and_tvgbench_by_hand():
     rows = (
         grounding_rows("charades_sta") + grounding_rows("tvgbench") + [{"source": "synthetic", "tiou": 1.0}]
     )
-    expected = {"num_queries": 5, "mIoU": 2.5 / 5, "R1@0.3": 4 / 5, "R1@0.5": 3 / 5, "R1@0.7": 1 / 5}
+    expected = {"num_queries": 6, "mIoU": 3.0 / 6, "R1@0.3": 5 / 6, "R1@0.5": 4 / 6, "R1@0.7": 1 / 6}
     assert grounding_report(rows, "charades_sta") == pytest.approx(expected)
     reports = run_benchmarks(rows)
     assert set(reports) == {"charades_sta", "tvgbench"}
@@ -516,9 +518,9 @@ def test_tables_column_order_and_percent(tmp_path):
     ) / 2
     assert v == f"| 50.0 | 25.0 | 75.0 | 62.5 | 25.0 | 47.9 | {100 * lgm:.1f} |"
     charades = lines[lines.index("| R@0.3 | R@0.5 | R@0.7 | mIoU |") + 2]
-    assert charades == "| 80.0 | 60.0 | 20.0 | 50.0 |"
+    assert charades == "| 83.3 | 66.7 | 16.7 | 50.0 |"
     tvg = lines[lines.index("| mIoU | R@0.3 | R@0.5 | R@0.7 |") + 2]
-    assert tvg == "| 50.0 | 80.0 | 60.0 | 20.0 |"
+    assert tvg == "| 50.0 | 83.3 | 66.7 | 16.7 |"
     assert "graded by fixed (test)" in md
     assert benchmark_tables({}) == ""
 

@@ -5,28 +5,28 @@ ground-truth moment; R1@m = share of queries whose top-1 predicted moment has te
 m in {0.3, 0.5, 0.7}; mIoU = mean IoU over all queries. A query without a usable prediction scores IoU 0.
 TVGBench (Time-R1, Wang et al. 2025, its eval script) reports the same four numbers, mIoU first.
 
-The IoU of a row is the evaluation's own ``tiou`` (evaluation.score_prediction: the reward's temporal IoU of
-the answered interval under the configured answer grammar); a row without one (e.g. read back from a file
-written elsewhere) is scored here from its completion with the project's parser and ``segment``.
+The predicted moment is read as for V-STaR (vstar.predicted_segment: the answer's <t> span, else its two
+numbers, "[2.0, 5.0]"), one interval reader for every benchmark, independent of the reward's answer
+grammar; a row without a completion falls back to its ``tiou``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from visd_exp.metrics import charades_summary, temporal_iou
-from visd_exp.rewards.parsing import parse_completion
+from visd_exp.benchmarks.vstar import predicted_segment, segment_iou
+from visd_exp.metrics import charades_summary
 
 #: source name in the records -> benchmark name in tables
 SOURCES = {"charades_sta": "Charades-STA", "tvgbench": "TVGBench"}
 
 
 def row_iou(row: Mapping) -> float:
-    """The row's temporal IoU: its ``tiou``, else from its completion (0 when nothing can be read)."""
-    if row.get("tiou") is not None:
-        return float(row["tiou"])
-    segment = parse_completion(row.get("prediction") or "").answer_segment
-    return temporal_iou(segment, row.get("segment")) if segment is not None else 0.0
+    """IoU of the completion's predicted moment with ``segment`` (0 when none can be read); ``tiou`` when
+    the row has no completion."""
+    if row.get("prediction") is not None and row.get("segment") is not None:
+        return segment_iou(predicted_segment(row), row["segment"])
+    return float(row.get("tiou") or 0.0)
 
 
 def grounding_report(rows: Sequence[Mapping], source: str) -> dict:
