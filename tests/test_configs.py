@@ -22,7 +22,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", [*EXPERIMENTS, "sft"])
 def test_experiments_compose_and_only_compose(experiment):
     cfg = composed(f"+experiment={experiment}")
     assert experiment in cfg.tags

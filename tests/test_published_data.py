@@ -187,3 +187,43 @@ def test_evaluate_on_charades_sta_text_reports_r1_and_miou(files, tmp_path, cach
     assert charades["num_queries"] == 3
     assert set(charades) >= {"R1@0.3", "R1@0.5", "R1@0.7", "mIoU"}
     assert "| R@0.3 | R@0.5 | R@0.7 | mIoU |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_sft_on_an_stgr_sft_file_then_rl_from_its_hf_model(tmp_path, cache_dir):
+    """The paper's two stages from the command line: SFT on STGR-SFT's reasoning_process (normalised boxes
+    rescaled by the reader), then RL whose student (and teacher) start from the SFT run's hf_model."""
+    import torch
+    from safetensors.torch import load_file
+
+    sft_file = pf.write_stgr_sft(tmp_path / "data")
+    sft_dir, rl_dir = tmp_path / "sft", tmp_path / "rl"
+    common = ["data=jsonl", "data.batch_size=2", "logger=csv", f"paths.cache_dir={cache_dir}"]
+    run = [sys.executable, "-m", "visd_exp.train"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    sft = subprocess.run(
+        [*run, "+experiment=sft", f"data.train_file={sft_file}", "trainer.max_steps=3", *common,
+         f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={sft_dir}"],
+        capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT, env=env,
+    )  # fmt: skip
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    assert (sft_dir / "checkpoints" / "last.ckpt").is_file()
+    with open(sft_dir / "csv" / "version_0" / "metrics.csv") as handle:
+        losses = [float(r["loss"]) for r in csv.DictReader(handle) if r.get("loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+    rl_file = pf.write_stgr_rl(tmp_path / "data")
+    rl = subprocess.run(
+        [*run, f"data.train_file={rl_file}", f"model.init_from={sft_dir / 'hf_model'}", "trainer.max_steps=2",
+         "algorithm.max_completion_length=24", "dumps.credit_every_n_steps=0", *common,
+         f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={rl_dir}"],
+        capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT, env=env,
+    )  # fmt: skip
+    assert rl.returncode == 0, rl.stderr[-3000:]
+    resolved = (rl_dir / "config_resolved.yaml").read_text()
+    assert f"init_from: {sft_dir / 'hf_model'}" in resolved
+    # RL moved on from the SFT weights (lr > 0), so the two hf_models differ but share every tensor name
+    sft_weights = load_file(sft_dir / "hf_model" / "model.safetensors")
+    rl_weights = load_file(rl_dir / "hf_model" / "model.safetensors")
+    assert sft_weights.keys() == rl_weights.keys()
+    assert any(not torch.equal(sft_weights[k], rl_weights[k]) for k in sft_weights)

@@ -3,6 +3,7 @@
 python -m visd_exp.train                          # the tiny offline default (GRPO)
 python -m visd_exp.train +experiment=grpo trainer.max_steps=5
 python -m visd_exp.train -m +experiment=grpo seed=0,1
+python -m visd_exp.train +experiment=sft data=jsonl data.train_file=sft.jsonl   # the SFT stage (sft.py)
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ os.environ.setdefault("PROJECT_ROOT", str(find_project_root()))
 log = logging.getLogger(__name__)
 
 
+def is_sft(cfg: DictConfig) -> bool:
+    """`algorithm.name == "sft"`: supervised fine-tuning (sft.py) instead of RL; no teacher, no judge."""
+    return cfg.algorithm.get("name") == "sft"
+
+
 def check_judge(cfg: DictConfig) -> None:
     """Build and close the judge once: its constructor checks the key and the options (no request sent)."""
     from visd_exp.judge import build_judge
 
+    if is_sft(cfg):  # SFT never calls a judge or a teacher
+        return
     teacher = cfg.get("teacher")
     if teacher is None or teacher.get("name") in (None, "none") or not cfg.get("judge"):
         return
@@ -63,8 +71,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     check_judge(cfg)  # a misconfigured remote judge (missing key, bad options) fails before the model loads
     model, processor = load_model_and_processor(cfg.model, cfg.data)
-    datamodule = VideoQADataModule(cfg.data, processor)
-    module = VISDModule(model, processor, cfg)
+    if is_sft(cfg):  # the same data module and prompts as RL; train records without a target dropped
+        from visd_exp.sft import SFTModule, sft_datamodule
+
+        if (cfg.get("teacher") or {}).get("name") not in (None, "none"):
+            log.warning("algorithm=sft: teacher=%s is not used (SFT has no teacher)", cfg.teacher.name)
+        datamodule = sft_datamodule(cfg, processor)
+        module = SFTModule(model, processor, cfg)
+    else:
+        datamodule = VideoQADataModule(cfg.data, processor)
+        module = VISDModule(model, processor, cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
     check_prompts_per_step(cfg, trainer.num_devices, trainer.num_nodes)  # devices -1/auto resolved now
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))

@@ -1,21 +1,32 @@
 """A cached SFT warm start of the tiny model on synthetic grounded traces.
 
-Keyed by the base model, the warm-start settings and the frame settings of the run's data config
-(SFT and RL must see frames the same way), built once under a lock, published atomically.
+Built by the SFT stage itself (visd_exp.sft: SFTDataModule + SFTModule fitted by a Lightning Trainer,
+no loggers or checkpoints), so there is one SFT implementation. Keyed by WARM_START_VERSION, the base
+model, the warm-start settings and the frame settings of the run's data config (SFT and RL must see
+frames the same way), built once under a lock, published atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import random
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 from omegaconf import OmegaConf
 
 from visd_exp.utils.fs import atomic_directory, file_lock
 
 log = logging.getLogger(__name__)
+
+# 2: built by visd_exp.sft's SFTModule with a Lightning Trainer (1: a hand-written loop); caches of
+# another version are never reused.
+WARM_START_VERSION = 2
 
 FRAME_KEYS = (
     "fps",
@@ -31,6 +42,7 @@ FRAME_KEYS = (
 def warm_start_key(base_dir: Path, warm_cfg, data_cfg) -> str:
     blob = json.dumps(
         {
+            "version": WARM_START_VERSION,
             "base": Path(base_dir).name,
             "warm_start": OmegaConf.to_container(warm_cfg, resolve=True),
             "frames": {k: data_cfg.get(k) for k in FRAME_KEYS},
@@ -40,12 +52,61 @@ def warm_start_key(base_dir: Path, warm_cfg, data_cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def sft_run_config(warm_cfg):
+    """The `algorithm` and `optim` nodes SFTModule reads, from the warm-start settings."""
+    return OmegaConf.create(
+        {
+            "algorithm": {
+                "name": "sft",
+                "lr_decay": "cosine",
+                "min_lr_ratio": 0.1,
+                "max_target_length": None,
+            },
+            "optim": {
+                "lr": warm_cfg.lr,
+                "weight_decay": warm_cfg.get("weight_decay", 0.0),
+                "betas": [0.9, 0.999],
+                "eps": 1.0e-8,
+                "max_grad_norm": warm_cfg.get("max_grad_norm", 1.0),
+                "warmup_steps": warm_cfg.get("warmup_steps", 10),
+                "accumulate_grad_batches": 1,
+            },
+        }
+    )
+
+
+@contextlib.contextmanager
+def kept_rng_state() -> Iterator[None]:
+    """Building the warm start (or not, when cached) must not move the calling run's RNG streams."""
+    import numpy as np
+    import torch
+
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+
+
+class LossHistory(L.Callback):
+    """`train/loss` of every training batch, for warm_start.json."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if "train/loss" in trainer.callback_metrics:
+            self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+
 def build_warm_start(base_dir: Path, out_dir: Path, warm_cfg, data_cfg, data_root: Path) -> list[float]:
+    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from visd_exp.data.datamodule import VideoQADataModule
     from visd_exp.models.processor import load_processor, save_processor
-    from visd_exp.sft import run_sft
+    from visd_exp.sft import SFTDataModule, SFTModule
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir)
     processor = load_processor(base_dir)
@@ -61,6 +122,7 @@ def build_warm_start(base_dir: Path, out_dir: Path, warm_cfg, data_cfg, data_roo
         }
     )
     frames = {k: data_cfg.get(k) for k in FRAME_KEYS}
+    seed = int(warm_cfg.get("seed", 0))
     cfg = OmegaConf.create(
         {
             **frames,
@@ -69,29 +131,52 @@ def build_warm_start(base_dir: Path, out_dir: Path, warm_cfg, data_cfg, data_roo
             "val_file": None,
             "test_file": None,
             "tasks": None,
-            "seed": warm_cfg.get("seed", 0),
+            "seed": seed,
             "batch_size": warm_cfg.batch_size,
             "num_workers": 0,
             "max_prompt_length": data_cfg.get("max_prompt_length", 16384),
         }
     )
-    datamodule = VideoQADataModule(cfg, processor)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    losses = run_sft(
-        model,
-        processor,
-        datamodule.train_dataloader(),
-        steps=warm_cfg.steps,
-        lr=warm_cfg.lr,
-        seed=warm_cfg.get("seed", 0),
+    datamodule = SFTDataModule(cfg, processor)
+    module = SFTModule(model, processor, sft_run_config(warm_cfg))
+    record = LossHistory()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=int(warm_cfg.steps),
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[record],
+        default_root_dir=str(out_dir),
     )
+    torch.manual_seed(seed)
+    random.seed(seed)
+    with warnings.catch_warnings():  # documented choices (utils/setup.py: quiet_known_warnings)
+        warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        trainer.fit(module, datamodule=datamodule)
+    model.eval()
     model.save_pretrained(out_dir)
     save_processor(processor, out_dir)
     (out_dir / "warm_start.json").write_text(
-        json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "losses": losses}, indent=1)
+        json.dumps(
+            {
+                "version": WARM_START_VERSION,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "sft": OmegaConf.to_container(sft_run_config(warm_cfg), resolve=True),
+                "losses": record.losses,
+            },
+            indent=1,
+        )
     )
-    return losses
+    return record.losses
 
 
 def ensure_warm_start(base_dir: Path, warm_cfg, data_cfg, cache_dir: Path, data_root: Path) -> Path:
@@ -102,7 +187,7 @@ def ensure_warm_start(base_dir: Path, warm_cfg, data_cfg, cache_dir: Path, data_
         if (final / "warm_start.json").exists():
             return final
         log.info("building the SFT warm start (%d steps) into %s", warm_cfg.steps, final)
-        with atomic_directory(final) as tmp:
+        with atomic_directory(final) as tmp, kept_rng_state():
             losses = build_warm_start(Path(base_dir), tmp, warm_cfg, data_cfg, Path(data_root))
         log.info("warm start done: loss %.3f -> %.3f", losses[0], losses[-1])
     return final
