@@ -23,9 +23,9 @@ from visd_exp.data.frames import (
     plan_frames,
     probe_video,
 )
+from visd_exp.data.probing import ProbeResult
 from visd_exp.data.prompts import render_prompt
 from visd_exp.data.records import load_records
-from visd_exp.data.probing import ProbeResult
 from visd_exp.data.validate import DataValidationError, describe_extras, validate_file
 from visd_exp.rewards.tasks import UnknownTaskError, task_spec
 
