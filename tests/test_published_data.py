@@ -227,3 +227,38 @@ def test_sft_on_an_stgr_sft_file_then_rl_from_its_hf_model(tmp_path, cache_dir):
     rl_weights = load_file(rl_dir / "hf_model" / "model.safetensors")
     assert sft_weights.keys() == rl_weights.keys()
     assert any(not torch.equal(sft_weights[k], rl_weights[k]) for k in sft_weights)
+
+
+def test_the_stgr_download_layout_is_a_named_source_roots_mapping(tmp_path):
+    """data.source_roots=open_o3_video: each `source` under the sub-directory Open-o3-Video's trainer
+    uses (STR_plm* before STR*, TVG* whatever its case after the prefix, videor1* including the
+    misspelt `videor1_free_from`); off by default, where paths are relative to the root itself."""
+    from visd_exp.data.formats import read_file
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    expected = {
+        "timerft": "timerft/a.mp4",
+        "STR_plm_rdcap": "stgr/plm/videos/a.mp4",
+        "STR_rdcap": "stgr/temporal_grounding/videos/a.mp4",
+        "TVG_ActivityNet": "tvg_r1/a.mp4",
+        "TVG_activitynet": "tvg_r1/a.mp4",
+        "videor1_free_from": "videor1/a.mp4",
+        "videoespresso_train_video": "videoespresso/videos/a.mp4",
+    }
+    records = [
+        {"id": k, "source": source, "task": "temporal QA", "video_path": "a.mp4", "question": "When?",
+         "answer": "[1.0, 2.0]"}
+        for k, source in enumerate(expected)
+    ]  # fmt: skip
+    path = tmp_path / "STGR-RL.json"
+    path.write_text(json.dumps(records))
+    loaded = read_file(path, video_root=videos, source_roots="open_o3_video")
+    assert [r["video_path"] for _, r in loaded.entries] == [str(videos / rel) for rel in expected.values()]
+    # off by default: relative to video_root
+    assert {r["video_path"] for _, r in read_file(path, video_root=videos).entries} == {str(videos / "a.mp4")}
+    # a source the mapping lacks is an error on its line, not a silent wrong path
+    (_, error), *_ = read_file(path, video_root=videos, source_roots={"timerft": "t"}).entries[1:]
+    assert error.field == "source" and "STR_plm_rdcap" in error.message
+    with pytest.raises(ValueError, match="not a known layout"):
+        read_file(path, video_root=videos, source_roots="open_o3")

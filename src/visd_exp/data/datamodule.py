@@ -249,11 +249,11 @@ class VideoQADataModule(L.LightningDataModule):
 
     def reading(self) -> dict:
         """How data files are read: data.format (null = detected), data.video_root, data.source_roots."""
-        roots = self.cfg.get("source_roots")
-        if roots is not None:
-            from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
-            roots = OmegaConf.to_container(roots, resolve=True) if not isinstance(roots, dict) else roots
+        roots = self.cfg.get("source_roots")  # null, a mapping, or a layout name (formats.base)
+        if isinstance(roots, DictConfig):
+            roots = OmegaConf.to_container(roots, resolve=True)
         return {
             "fmt": self.cfg.get("format"),
             "video_root": self.cfg.get("video_root"),

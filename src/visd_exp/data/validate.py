@@ -214,13 +214,22 @@ class DataValidationError(ValueError):
 
 
 def source_root_pairs(pairs: Sequence[str] | None) -> dict[str, str] | None:
-    """`--source-root SOURCE=DIR` arguments as a mapping (None when there are none)."""
+    """`--source-root SOURCE=DIR` arguments (a bare NAME selects a named layout, e.g. open_o3_video)
+    as one mapping; None when there are none. Later arguments override earlier ones."""
+    from visd_exp.data.formats.base import source_roots_mapping
+
     if not pairs:
         return None
-    mapping = {}
+    mapping: dict[str, str] = {}
     for pair in pairs:
         source, sep, directory = pair.partition("=")
-        if not sep or not source or not directory:
+        if not sep:
+            try:
+                mapping.update(source_roots_mapping(pair) or {})
+            except ValueError as exc:
+                raise SystemExit(f"error: --source-root expects SOURCE=DIR or a layout name: {exc}") from None
+            continue
+        if not source or not directory:
             raise SystemExit(f"error: --source-root expects SOURCE=DIR, got {pair!r}")
         mapping[source] = directory
     return mapping

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visd_exp.data.formats.base import FieldError, ReadContext, Skip
+from visd_exp.data.formats.base import FieldError, ReadContext, Skip, source_roots_mapping
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def read_file(
     path: str | Path,
     fmt: str | None = None,
     video_root: str | Path | None = None,
-    source_roots: Mapping[str, str] | None = None,
+    source_roots: Mapping[str, str] | str | None = None,
     probe: Callable[[str], object] | None = None,
 ) -> Loaded:
     """Every record of a data file in the project schema, with the line where each starts."""
@@ -242,7 +242,7 @@ def read_file(
     if video_root and not root.is_dir():
         raise FileNotFoundError(f"data.video_root={root}: no such directory")
     ctx = ReadContext(
-        path=path, video_root=root, source_roots=dict(source_roots) if source_roots else None, probe=probe
+        path=path, video_root=root, source_roots=source_roots_mapping(source_roots), probe=probe
     )
     loaded = Loaded(str(path), fmt, [])
     convert = None if fmt == "project" else _converter(fmt)

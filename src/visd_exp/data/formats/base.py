@@ -10,6 +10,7 @@ reads but does not use (counted by reason, e.g. image records).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -59,14 +60,20 @@ class ReadContext:
     def resolve_source(self, source: str | None, relative: str) -> str:
         """STGR: `video_path` under the sub-directory that `source_roots` names for the record's source
         (a mapping value is relative to video_root, or absolute); the plain root when there is no
-        mapping. A mapping that lacks the source is an error (the record's videos would be looked
-        for in the wrong place)."""
+        mapping. Keys are exact sources or shell patterns ("STR_plm*"): an exact key first, then the
+        first pattern in the mapping's order. A mapping that lacks the source is an error (the record's
+        videos would be looked for in the wrong place)."""
         if not self.source_roots:
             return self.resolve(relative)
-        if source not in self.source_roots:
-            known = ", ".join(sorted(self.source_roots))
+        directory = self.source_roots.get(source) if isinstance(source, str) else None
+        if directory is None and isinstance(source, str):
+            directory = next(
+                (d for key, d in self.source_roots.items() if fnmatch.fnmatchcase(source, key)), None
+            )
+        if directory is None:
+            known = ", ".join(self.source_roots)
             raise FieldError("source", f"{source!r} has no entry in data.source_roots (known: {known})")
-        return _join(_join(self.video_root, self.source_roots[source]), relative)
+        return _join(_join(self.video_root, directory), relative)
 
     def find_video(self, vid: str) -> str:
         """`<vid>.<ext>` anywhere under video_root, as V-STaR's and Charades-STA's scripts search; the
@@ -104,6 +111,34 @@ class ReadContext:
 
 
 # ----------------------------------------------------------------------------- shared helpers
+
+# Named `data.source_roots` layouts. open_o3_video: the STGR download as Open-o3-Video's trainer lays it
+# out under <DATA_ROOT>/videos (= data.video_root), source -> sub-directory, first match wins.
+SOURCE_ROOT_LAYOUTS: dict[str, dict[str, str]] = {
+    "open_o3_video": {
+        "timerft": "timerft",
+        "videoespresso_train_video": "videoespresso/videos",
+        "gqa": "gqa",
+        "STR_plm*": "stgr/plm/videos",
+        "STR*": "stgr/temporal_grounding/videos",
+        "TVG*": "tvg_r1",
+        "videor1*": "videor1",
+    }
+}
+
+
+def source_roots_mapping(value) -> dict[str, str] | None:
+    """data.source_roots as a mapping: null, a mapping {source or pattern: directory}, or the name of a
+    layout in SOURCE_ROOT_LAYOUTS."""
+    if value is None or value == {}:
+        return None
+    if isinstance(value, str):
+        if value not in SOURCE_ROOT_LAYOUTS:
+            raise ValueError(
+                f"data.source_roots={value!r}: not a known layout ({', '.join(SOURCE_ROOT_LAYOUTS)}) nor a mapping"
+            )
+        return dict(SOURCE_ROOT_LAYOUTS[value])
+    return {str(k): str(v) for k, v in dict(value).items()}
 
 
 def _join(root: str | Path, relative: str | Path) -> str:
