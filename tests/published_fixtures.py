@@ -252,3 +252,22 @@ def write_charades(root: Path) -> Path:
     path = root / "charades_sta_test.txt"
     path.write_text("\n".join(CHARADES_LINES) + "\n", encoding="utf-8")
     return path
+
+
+def write_charades_json(root: Path) -> Path:
+    """Time-R1's cached Charades-STA: one JSON object keyed by video; sentences keep their newline."""
+    write_video(root / "videos" / "AB12C.mp4")
+    data = {"AB12C": {"duration": 6.0, "timestamps": [[0.0, 3.2], [2.5, 6.4]],
+                      "sentences": ["a person opens a door.\n", "a person walks to the window.\n"]}}  # fmt: skip
+    path = root / "charades_test.json"
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return path
+
+
+def write_tvgbench(root: Path) -> Path:
+    write_video(root / "activitynet" / "v_abc.mp4")
+    data = [{"path": "./activitynet/v_abc.mp4", "question": "When does the square reach the right edge?",
+             "answer": "3.5-6.0", "duration": 6.0, "question_type": "human_action", "source": "activitynet"}]  # fmt: skip
+    path = root / "tvgbench.json"
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return path

@@ -35,6 +35,8 @@ def files(tmp_path_factory):
         "video_r1": pf.write_video_r1(root / "video_r1"),
         "vstar": pf.write_vstar(root / "vstar"),
         "charades": pf.write_charades(root / "charades"),
+        "charades_json": pf.write_charades_json(root / "charades_json"),
+        "tvgbench": pf.write_tvgbench(root / "tvgbench"),
     }
 
 
@@ -80,7 +82,10 @@ def test_convert_charades_clips_an_end_past_the_video_and_counts_it(files, tmp_p
     assert segments == [[0.0, 3.2], [2.5, 6.0], [1.0, 4.0]]  # the videos last 6 s
 
 
-@pytest.mark.parametrize("name, count", [("stgr", 5), ("video_r1", 5), ("vstar", 10), ("charades", 3)])
+@pytest.mark.parametrize(
+    "name, count",
+    [("stgr", 5), ("video_r1", 5), ("vstar", 10), ("charades", 3), ("charades_json", 2), ("tvgbench", 1)],
+)
 def test_validate_reads_every_published_format(files, name, count):
     result = cli("validate", files[name])
     assert result.returncode == 0, result.stdout + result.stderr
