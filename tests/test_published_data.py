@@ -17,7 +17,16 @@ import published_fixtures as pf
 from conftest import PROJECT_ROOT
 
 
-def cli(module: str, *args) -> subprocess.CompletedProcess:
+def cli(module: str, *args, capsys=None) -> subprocess.CompletedProcess:
+    """`python -m visd_exp.data.<module> args`: in this process when `capsys` is given (the same `main`,
+    without a second torch start-up on 2 cores), else as a subprocess."""
+    if capsys is not None:
+        import importlib
+
+        capsys.readouterr()
+        code = importlib.import_module(f"visd_exp.data.{module}").main([str(a) for a in args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
     return subprocess.run(
         [sys.executable, "-m", f"visd_exp.data.{module}", *map(str, args)],
         capture_output=True,
@@ -44,7 +53,7 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_convert_stgr_rl_writes_the_project_schema_and_says_what_it_skipped(files, tmp_path):
+def test_convert_stgr_rl_writes_the_project_schema_and_says_what_it_skipped(files, tmp_path, capsys):
     out = tmp_path / "stgr.jsonl"
     result = cli("convert", files["stgr"], "--out", out)
     assert result.returncode == 0, result.stderr
@@ -70,12 +79,12 @@ def test_convert_stgr_rl_writes_the_project_schema_and_says_what_it_skipped(file
     assert records["4"]["options"] == ["A. left", "B. right", "C. up", "D. down"]
     assert records["1"]["video_path"] == str(files["stgr"].parent / "timerft" / "a.mp4")
     # the written file is valid project data on its own
-    assert cli("validate", out).returncode == 0
+    assert cli("validate", out, capsys=capsys).returncode == 0
 
 
-def test_convert_charades_clips_an_end_past_the_video_and_counts_it(files, tmp_path):
+def test_convert_charades_clips_an_end_past_the_video_and_counts_it(files, tmp_path, capsys):
     out = tmp_path / "charades.jsonl"
-    result = cli("convert", files["charades"], "--out", out)
+    result = cli("convert", files["charades"], "--out", out, capsys=capsys)
     assert result.returncode == 0, result.stderr
     assert "clipped 1 interval end(s)" in result.stdout
     segments = [r["segment"] for r in read_jsonl(out)]
@@ -86,18 +95,18 @@ def test_convert_charades_clips_an_end_past_the_video_and_counts_it(files, tmp_p
     "name, count",
     [("stgr", 5), ("video_r1", 5), ("vstar", 10), ("charades", 3), ("charades_json", 2), ("tvgbench", 1)],
 )
-def test_validate_reads_every_published_format(files, name, count):
-    result = cli("validate", files[name])
+def test_validate_reads_every_published_format(files, name, count, capsys):
+    result = cli("validate", files[name], capsys=capsys)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"OK: {count} records in 1 file" in result.stdout
 
 
-def test_a_bad_published_record_is_one_line_naming_file_line_and_field(files, tmp_path):
+def test_a_bad_published_record_is_one_line_naming_file_line_and_field(files, tmp_path, capsys):
     records = json.loads(files["stgr"].read_text())
     records[2]["key_items"]["4"]["red square"][0] = [12, 10, 28, 26]  # pixels where normalised belong
     path = files["stgr"].parent / "bad.json"
     path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
-    result = cli("validate", path)
+    result = cli("validate", path, capsys=capsys)
     assert result.returncode == 1
     (line,) = [x for x in result.stdout.splitlines() if re.match(rf"{re.escape(str(path))}:\d+: ", x)]
     assert line.startswith(f"{path}:4: key_items[4][red square][0]: ")
