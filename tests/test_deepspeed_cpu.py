@@ -129,7 +129,11 @@ def test_grad_norm_is_global_and_the_clip_applies(zero3_run):
     rows = metrics(zero3_run)
     dumped = states(zero3_run)
     names = [k for k, v in dumped[0]["student"].items() if v.is_floating_point()]
+    moved_steps = 0
     for step, row in rows.items():
+        if row["grad_norm"] == 0.0 and row["frac_reward_zero_std"] == 1.0:
+            continue  # every group tied (rank 0's metrics; the norm is global): A = 0 (Eq. 14), nothing to see
+        moved_steps += 1
         assert row["grad_norm"] > 0, f"step {step}: grad_norm is 0 (partitioned gradients not seen)"
         assert row["grad_norm"] == pytest.approx(row["grad_norm/engine"], rel=1e-5)
         assert row["grad_norm"] > 100 * CLIP  # so the clip must act
@@ -138,6 +142,9 @@ def test_grad_norm_is_global_and_the_clip_applies(zero3_run):
         before, after = dumped[step]["student"], dumped[step + 1]["student"]
         update = math.sqrt(sum(((after[k] - before[k]).double() ** 2).sum().item() for k in names))
         assert 0 < update <= row["lr"] * CLIP / ADAM_EPS * (1 + 1e-3), (step, update, row["lr"])
+    assert moved_steps >= 2, (
+        f"only {moved_steps} of {len(rows)} steps had untied groups: the test proves too little"
+    )
 
 
 def test_saved_model_is_the_gathered_student(zero3_run):
