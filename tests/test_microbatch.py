@@ -180,10 +180,11 @@ def fixed_rollouts(model, processor, batch, cfg, suppress_ids):
 
 def accumulated_gradient(cache_dir, out_dir, monkeypatch, batch_size: int, accumulate: int):
     """Run one optimizer step; return (gradient at the step, optimizer steps, training batches)."""
+    import visd_exp.algorithms.grpo as grpo
     import visd_exp.module as module
     from visd_exp.train import train
 
-    monkeypatch.setattr(module, "generate_rollouts", fixed_rollouts)
+    monkeypatch.setattr(grpo, "generate_rollouts", fixed_rollouts)
     steps, batches = [], []
 
     def step_spy(self, optimizer, scheduler):

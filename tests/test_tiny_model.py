@@ -39,3 +39,18 @@ def test_cache_is_reused_and_keyed_by_spec(tmp_path):
     assert (first / "model.safetensors").stat().st_mtime_ns == mtime
     other = ensure_tiny(tmp_path, TinySpec(num_hidden_layers=1))
     assert other != first and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_building_the_tiny_model_leaves_the_callers_rng_alone(tmp_path):
+    """A run that builds the model (empty cache) must sample what a run that finds it cached samples: the
+    builder seeds its own initialisation without resetting the global stream (it once did, so the first
+    run of a fresh cache drew different rollouts than every later run with the same seed)."""
+    import torch
+
+    from visd_exp.models.tiny import build_tiny
+
+    torch.manual_seed(123)
+    torch.rand(3)
+    before = torch.get_rng_state()
+    build_tiny(tmp_path / "tiny")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -27,10 +27,10 @@ def run(cache_dir, out_dir, *overrides):
 
 
 def test_lambda_zero_is_exactly_grpo(cache_dir, tmp_path, monkeypatch):
-    import visd_exp.module as module
+    import visd_exp.algorithms.visd as visd
 
     calls = []
-    monkeypatch.setattr(module, "teacher_logits", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(visd, "teacher_logits", lambda *a, **k: calls.append(1))
     grpo = run(cache_dir, tmp_path / "grpo", "+experiment=grpo")
     visd0 = run(
         cache_dir, tmp_path / "visd0", "+experiment=ema_topk", "schedule=constant", "schedule.value=0.0"
@@ -75,7 +75,7 @@ def test_checkpoint_holds_teacher_and_schedule(cache_dir, tmp_path):
 
 @pytest.mark.parametrize("judge", ["rule", "none"])
 def test_feedback_reaches_the_privileged_block(cache_dir, tmp_path, monkeypatch, judge):
-    import visd_exp.module as module
+    import visd_exp.algorithms.visd as module
 
     seen = []
     original = module.privileged_block

@@ -18,23 +18,22 @@ from __future__ import annotations
 import math
 import random
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 
 from visd_exp import credit
+from visd_exp.algorithms import Policy, build_algorithm
+from visd_exp.algorithms.visd import VISDCredit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
 from visd_exp.distributed.ranks import all_ranks, own_rank_state, rank_states
 from visd_exp.distributed.zero import accumulating_backward, clip_grad_norm
-from visd_exp.judge import JudgeItem, build_judge, evidence_from_sample
+from visd_exp.judge import build_judge
 from visd_exp.models import vision_token_ids
 from visd_exp.objectives import check_advantage_config, group_advantages, group_std
 from visd_exp.precision import prepare_trained_weights, resolve_old_logprobs
-from visd_exp.rewards import RewardConfig, score_batch
-from visd_exp.rollout.generation import generate_rollouts, select_rows
-from visd_exp.step_forward import TeacherReplay, log_ratio, micro_slices, policy_update, recompute_logprobs
-from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
+from visd_exp.step_forward import micro_slices, policy_update, recompute_logprobs
+from visd_exp.teacher import build_teacher
 from visd_exp.utils.steps import Stopwatch, numpy_rng_state, reward_metrics, set_numpy_rng_state
 
 CREDIT_KEYS = (
@@ -58,12 +57,19 @@ class VISDModule(L.LightningModule):
         check_advantage_config(cfg.algorithm.num_generations, cfg.algorithm.std, cfg.algorithm.adv_eps)
         self.automatic_optimization = False
         self.suppress_ids = vision_token_ids(processor.tokenizer)
-        self.reward_cfg = RewardConfig.from_cfg(cfg.reward)  # checked at start: a typo fails here
+        # the sequence-level unit (algorithms/: grpo, tgrpo, ffr): rollouts, rewards, the rows of the loss
+        self.algorithm = build_algorithm(cfg)
         self.teacher = build_teacher(cfg.get("teacher"), self.model)  # None for plain GRPO
         self.judge = build_judge(cfg.judge) if self.teacher is not None and cfg.get("judge") else None
         # rollouts per forward pass (None = all N) and batches per optimizer step (step_forward.py)
         self.micro_batch_size = cfg.algorithm.get("micro_batch_size")
         micro_slices(1, self.micro_batch_size)  # checked at start
+        # VISD's token credit (algorithms/visd.py) whenever there is a teacher; GRPO's A^_t = A otherwise
+        self.credit = (
+            VISDCredit(cfg, processor, self.teacher, self.judge, self.micro_batch_size)
+            if self.teacher is not None
+            else None
+        )
         self.accumulate_grad_batches = k = int(cfg.optim.get("accumulate_grad_batches", 1))
         if k < 1:
             raise ValueError(f"optim.accumulate_grad_batches must be >= 1, got {k}")
@@ -101,6 +107,7 @@ class VISDModule(L.LightningModule):
     def teardown(self, stage: str) -> None:
         if self.judge is not None:
             self.judge.close()
+        self.algorithm.close()
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -168,16 +175,15 @@ class VISDModule(L.LightningModule):
             self.log("data/skipped_videos", float(self.skipped_videos), on_step=True, batch_size=1)
             return None
 
-        # Step 1: on-policy rollouts from the old policy (Algorithm 1, line 7); the sampled tokens' log-probs.
-        with watch("rollout"):
-            rollouts = generate_rollouts(self.model, self.processor, batch, algo, self.suppress_ids)
+        # Steps 1-2: the algorithm's rollouts and the rewards they are standardised on (algorithms/: GRPO samples
+        # G per prompt and scores them, Eq. 10; T-GRPO and FFR add rollouts and shape rewards), then the
+        # group-relative advantages of the rows that enter the loss (Algorithm 1, lines 7-12; Eq. 14).
+        step = self.algorithm.step(
+            Policy(self.model, self.processor, self.suppress_ids), batch, progress, watch
+        )
+        rollouts, samples, scores, rewards = step.rollouts, step.samples, step.scores, step.rewards
         mask = rollouts.completion_mask.float()
-
-        # Step 2: verifier rewards and group-relative advantages (lines 10-12, Eq. 10 and 14).
         with watch("reward"):
-            samples = [sample for sample in batch["samples"] for _ in range(G)]
-            scores = score_batch(rollouts.texts, samples, progress=progress, cfg=self.reward_cfg)
-            rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
             advantages = group_advantages(rewards, G, eps=algo.adv_eps, std=algo.std)  # Eq. 14
 
         # Step 3: old log-probs pi_old(y_t). `recompute` (auto: whenever the forward is not fp32) is a no-grad
@@ -196,12 +202,8 @@ class VISDModule(L.LightningModule):
         if self.teacher is not None:
             watch.seconds["judge"] = watch.seconds["teacher"] = 0.0
         replay = None
-        if self.teacher is not None and self.teacher_active and self.lam > 0:
-            with watch("judge"):
-                feedback = self.judge_feedback(samples, rollouts.texts)
-            with watch("teacher"):
-                inputs = self.teacher_replay_inputs(batch, rollouts, samples, feedback)
-            replay = TeacherReplay(inputs, self.teacher_forward(rollouts), self.cfg.credit, self.lam)
+        if self.credit is not None and self.teacher_active and self.lam > 0:  # algorithms/visd.py
+            replay, feedback = self.credit.replay(self.model, rollouts, samples, self.lam, watch)
 
         # Step 5: the clipped surrogate (Eq. 9 / 16) and its gradient, micro-batch by micro-batch; gradients
         # accumulate over `optim.accumulate_grad_batches` = k batches (each back-propagated / k).
@@ -229,10 +231,7 @@ class VISDModule(L.LightningModule):
             credit_metrics = credit.credit_stats(out.delta, out.weights, mask.bool(), self.cfg.credit.eps_w)
             if self.dump_due():
                 with watch("dump"):
-                    self.dump_credit(
-                        batch, rollouts, samples, feedback, scores, advantages, out.delta, out.weights,
-                        out.token_advantages,
-                    )  # fmt: skip
+                    self.dump_credit(batch, rollouts, samples, feedback, scores, advantages, out)
 
         # Step 6: one optimizer step per k batches (AdamW on fp32 master weights).
         self.accumulated += 1
@@ -269,6 +268,7 @@ class VISDModule(L.LightningModule):
             "train/skipped_steps": self.skipped_steps,
             "data/skipped_videos": self.skipped_videos,
             **credit_metrics,
+            **step.metrics,  # the algorithm's own: tgrpo/*, ffr/*
         }
         if self.old_logprobs == "recompute":  # how far the sampling pass's log-probs were from the forward's
             metrics["old_logprobs/sampled_abs_diff"] = (
@@ -313,98 +313,24 @@ class VISDModule(L.LightningModule):
             )
         return grad_norm
 
-    # -- VISD pieces --------------------------------------------------------------------------------
-    def judge_feedback(self, samples: list[dict], completions: list[str]) -> list[str | None]:
-        """One feedback string per rollout (None: no judge, or the judge fell back)."""
-        if self.judge is None:
-            return [None] * len(completions)
-        items = [
-            JudgeItem(
-                task=s["task"],
-                question=s["question"],
-                standard_answer=s["answer"],
-                evidence=evidence_from_sample(s),
-                completion=c,
-                sample=s,
-            )
-            for s, c in zip(samples, completions)
-        ]
-        return self.judge.judge_batch(items)
-
-    def teacher_replay_inputs(self, batch: dict, rollouts, samples: list[dict], feedback: list[str | None]):
-        """Teacher inputs for every rollout row: prompt + privileged block r, then the same completion tokens."""
-        blocks = [
-            privileged_block(s["answer"], evidence_from_sample(s), f) for s, f in zip(samples, feedback)
-        ]
-        G = self.cfg.algorithm.num_generations
-        grids = [grid for grid in batch["image_grid_thw"] for _ in range(G)][: len(samples)]
-        return teacher_inputs(self.processor, rollouts, samples, blocks, grids)
-
-    def teacher_forward(self, rollouts):
-        """Micro-batch teacher inputs -> [n, C, V] teacher logits at the completion positions (no grad)."""
-        completion_len = rollouts.completion_ids.shape[1]
-        return lambda inputs: teacher_logits(self.teacher.model(self.model), inputs, completion_len)
-
+    # -- token-credit dumps (algorithms/visd.py writes them) --------------------------------------------
     def dump_due(self) -> bool:
         every = int((self.cfg.get("dumps") or {}).get("credit_every_n_steps") or 0)
         # once per optimizer step: on the first batch of a gradient-accumulation window
         return every > 0 and self.global_step % every == 0 and self.accumulated == 0
 
-    @torch.no_grad()
-    def dump_credit(
-        self, batch, rollouts, samples, feedback, scores, advantages, delta, weights, token_advantages
-    ) -> None:
-        """Save Delta under the feedback and answer-only teachers for M rollouts (Eq. 29-31)."""
-        from visd_exp.teacher.dump import write_credit_dump
-
-        m = min(int(self.cfg.dumps.num_rollouts), rollouts.num_rollouts)
-        rows = slice(0, m)
-        part = rollouts.select(rows)
-        with_feedback = self.teacher_replay_inputs(
-            batch, part, samples[rows], feedback[rows]
-        )  # r = (a*, e, f)
-        answer_only = self.teacher_replay_inputs(batch, part, samples[rows], [None] * m)  # r = (a*, e)
-        forward = self.teacher_forward(part)
-        # delta^judge (Eq. 31) = log q~^{a,f}(y) - log q~^{a}(y) on the feedback teacher's support: the
-        # credit function with the feedback teacher as "teacher" and the answer-only teacher as "student".
-        d_judge = torch.zeros(part.completion_ids.shape, dtype=torch.float32)
-        for sub in micro_slices(m, self.micro_batch_size):
-            t_fb = forward(select_rows(with_feedback, sub, part.images_per_row))
-            t_ans = forward(select_rows(answer_only, sub, part.images_per_row))
-            d_judge[sub] = log_ratio(
-                self.cfg.credit, t_fb, t_ans, part.completion_ids[sub], part.completion_mask[sub],
-                self.cfg.algorithm.temperature,
-            )  # fmt: skip
-        meta = [
-            {
-                "id": s.get("id"),
-                "task": s["task"],
-                "question": s["question"],
-                "answer": s["answer"],
-                "feedback": f,
-                "completion": text,
-                "reward": sc["total"],
-                "advantage": float(a),
-            }
-            for s, f, text, sc, a in zip(
-                samples[rows], feedback[rows], rollouts.texts[rows], scores[rows], advantages[rows]
-            )
-        ]
-        if self._trainer is not None and not self._trainer.is_global_zero:
-            return  # hook (multi-process): every rank computed its replay (collectives), rank 0 writes
-        write_credit_dump(
-            Path(self.cfg.paths.output_dir),
+    def dump_credit(self, batch, rollouts, samples, feedback, scores, advantages, out) -> None:
+        """Delta under the feedback and answer-only teachers for `dumps.num_rollouts` rollouts (Eq. 29-31)."""
+        write = self._trainer is None or self._trainer.is_global_zero  # every rank replays, rank 0 writes
+        self.credit.dump(
+            self.model,
             self.global_step,
             self.lam,
-            self.cfg.credit,
-            self.processor.tokenizer,
-            {
-                "token_ids": part.completion_ids,
-                "mask": part.completion_mask,
-                "delta_feedback": delta[rows],
-                "delta_judge": d_judge,
-                "weight": weights[rows],
-                "token_advantage": token_advantages[rows],
-                "meta": meta,
-            },
+            rollouts,
+            samples,
+            feedback,
+            scores,
+            advantages,
+            out,
+            write,
         )

@@ -206,8 +206,11 @@ def build_tiny(out_dir: str | Path, spec: TinySpec) -> Path:
     out_dir = Path(out_dir)
     tokenizer = _train_tokenizer(spec)
     config = _model_config(spec, tokenizer)
-    torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    # Its own seed without touching the caller's stream: a run that builds the model (empty cache) must
+    # sample exactly what a run that finds it cached samples (same seed, same rollouts).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
     # Pixel budgets are enforced by the data module, which resizes frames itself; the processor is told
     # not to resize again (see visd_exp.data.frames).
     image_processor = Qwen2VLImageProcessorPil()

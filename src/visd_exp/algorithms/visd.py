@@ -1,0 +1,147 @@
+"""VISD's token credit (sections 3.1-3.3): the part of the step that makes it VISD rather than GRPO.
+
+    judge feedback f per rollout (Appendix G) -> teacher inputs r = (a*, e, f) after the question
+    -> the teacher replays the SAME completion tokens -> Delta_t (Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
+
+The replay and the credit run per micro-batch inside `policy_update` (step_forward.py): this unit builds
+the `TeacherReplay` it consumes. It composes with any sequence-level unit (grpo, tgrpo, ffr): it reads
+only the rows that enter the loss and their records. The teacher itself (current / sync / EMA, Eq. 8) is
+built by teacher/ and updated by callbacks/teacher_update.py; lambda is annealed by
+callbacks/lambda_schedule.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from visd_exp.judge import JudgeItem, evidence_from_sample
+from visd_exp.rollout.generation import select_rows
+from visd_exp.step_forward import TeacherReplay, log_ratio, micro_slices
+from visd_exp.teacher import privileged_block, teacher_inputs, teacher_logits
+
+
+class VISDCredit:
+    """Builds the teacher replay of one step: feedback, privileged prompts, the teacher's forward."""
+
+    def __init__(self, cfg, processor, teacher, judge, micro_batch_size: int | None):
+        self.cfg = cfg
+        self.processor = processor
+        self.teacher = teacher  # teacher/variants.py (registered on the LightningModule, saved with it)
+        self.judge = judge  # None: answer and evidence only (no_feedback)
+        self.micro_batch_size = micro_batch_size
+
+    def feedback(self, samples: list[dict], completions: list[str]) -> list[str | None]:
+        """One feedback string per rollout (None: no judge, or the judge fell back)."""
+        if self.judge is None:
+            return [None] * len(completions)
+        items = [
+            JudgeItem(
+                task=s["task"],
+                question=s["question"],
+                standard_answer=s["answer"],
+                evidence=evidence_from_sample(s),
+                completion=c,
+                sample=s,
+            )
+            for s, c in zip(samples, completions)
+        ]
+        return self.judge.judge_batch(items)
+
+    def replay_inputs(self, rollouts, samples: list[dict], feedback: list[str | None]):
+        """Teacher inputs for every rollout row: prompt + privileged block r, then the same completion tokens."""
+        blocks = [
+            privileged_block(s["answer"], evidence_from_sample(s), f) for s, f in zip(samples, feedback)
+        ]
+        grids = _grids_per_row(rollouts)
+        return teacher_inputs(self.processor, rollouts, samples, blocks, grids)
+
+    def teacher_forward(self, student, rollouts):
+        """Micro-batch teacher inputs -> [n, C, V] teacher logits at the completion positions (no grad)."""
+        completion_len = rollouts.completion_ids.shape[1]
+        return lambda inputs: teacher_logits(self.teacher.model(student), inputs, completion_len)
+
+    def replay(self, student, rollouts, samples: list[dict], lam: float, watch):
+        """(TeacherReplay for policy_update, the feedback) of this step's loss rows."""
+        with watch("judge"):
+            feedback = self.feedback(samples, rollouts.texts)
+        with watch("teacher"):
+            inputs = self.replay_inputs(rollouts, samples, feedback)
+        return TeacherReplay(inputs, self.teacher_forward(student, rollouts), self.cfg.credit, lam), feedback
+
+    @torch.no_grad()
+    def dump(
+        self,
+        student,
+        step: int,
+        lam: float,
+        rollouts,
+        samples,
+        feedback,
+        scores,
+        advantages,
+        out,
+        write: bool,
+    ):
+        """Save Delta under the feedback and answer-only teachers for M rollouts (Eq. 29-31)."""
+        from visd_exp.teacher.dump import write_credit_dump
+
+        m = min(int(self.cfg.dumps.num_rollouts), rollouts.num_rollouts)
+        rows = slice(0, m)
+        part = rollouts.select(rows)
+        with_feedback = self.replay_inputs(part, samples[rows], feedback[rows])  # r = (a*, e, f)
+        answer_only = self.replay_inputs(part, samples[rows], [None] * m)  # r = (a*, e)
+        forward = self.teacher_forward(student, part)
+        # delta^judge (Eq. 31) = log q~^{a,f}(y) - log q~^{a}(y) on the feedback teacher's support: the
+        # credit function with the feedback teacher as "teacher" and the answer-only teacher as "student".
+        d_judge = torch.zeros(part.completion_ids.shape, dtype=torch.float32)
+        for sub in micro_slices(m, self.micro_batch_size):
+            t_fb = forward(select_rows(with_feedback, sub, part.images_per_row))
+            t_ans = forward(select_rows(answer_only, sub, part.images_per_row))
+            d_judge[sub] = log_ratio(
+                self.cfg.credit, t_fb, t_ans, part.completion_ids[sub], part.completion_mask[sub],
+                self.cfg.algorithm.temperature,
+            )  # fmt: skip
+        meta = [
+            {
+                "id": s.get("id"),
+                "task": s["task"],
+                "question": s["question"],
+                "answer": s["answer"],
+                "feedback": f,
+                "completion": text,
+                "reward": sc["total"],
+                "advantage": float(a),
+            }
+            for s, f, text, sc, a in zip(
+                samples[rows], feedback[rows], rollouts.texts[rows], scores[rows], advantages[rows]
+            )
+        ]
+        if not write:
+            return  # hook (multi-process): every rank computed its replay (collectives), rank 0 writes
+        write_credit_dump(
+            Path(self.cfg.paths.output_dir),
+            step,
+            lam,
+            self.cfg.credit,
+            self.processor.tokenizer,
+            {
+                "token_ids": part.completion_ids,
+                "mask": part.completion_mask,
+                "delta_feedback": out.delta[rows],
+                "delta_judge": d_judge,
+                "weight": out.weights[rows],
+                "token_advantage": out.token_advantages[rows],
+                "meta": meta,
+            },
+        )
+
+
+def _grids_per_row(rollouts) -> list[torch.Tensor]:
+    """Each row's image grids ([images, 3]), cut from the rollouts' concatenated grids."""
+    grids, start = [], 0
+    for n in rollouts.images_per_row:
+        grids.append(rollouts.image_grid_thw[start : start + n])
+        start += n
+    return grids
