@@ -47,10 +47,10 @@ def test_building_the_tiny_model_leaves_the_callers_rng_alone(tmp_path):
     run of a fresh cache drew different rollouts than every later run with the same seed)."""
     import torch
 
-    from visd_exp.models.tiny import build_tiny
+    from visd_exp.models.tiny import TinySpec, build_tiny
 
     torch.manual_seed(123)
     torch.rand(3)
     before = torch.get_rng_state()
-    build_tiny(tmp_path / "tiny")
+    build_tiny(tmp_path / "tiny", TinySpec())
     assert torch.equal(torch.get_rng_state(), before)
