@@ -1,14 +1,16 @@
-"""The LightningModule: one VISD step, top to bottom (VISD Algorithm 1).
+"""The LightningModule: the step every algorithm shares, top to bottom (VISD Algorithm 1).
 
-    rollout (G per prompt) -> verifier rewards -> group advantages A (Eq. 14)
-    -> judge feedback f per rollout -> [old log-probs recomputed when the forward is not fp32]
+    the algorithm's rollouts and rewards (algorithms/: grpo, tgrpo, ffr) -> group advantages A (Eq. 14)
+    -> [old log-probs recomputed when the forward is not fp32]
+    -> VISD (algorithms/visd.py, whenever a teacher is configured): judge feedback f per rollout
     -> per micro-batch (step_forward.py): the teacher replays the SAME tokens with r = (a*, e, f)
        -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
        -> clipped surrogate (Eq. 9 / 16) x n / N -> backward
     -> every `optim.accumulate_grad_batches` batches: clip grad norm -> AdamW step
     (callbacks then update the teacher, Eq. 8, and anneal lambda: callbacks/lambda_schedule.py)
 
-With lambda = 0 for good (or no teacher) the judge and teacher never run: the step is exactly GRPO.
+With lambda = 0 for good (or no teacher) the judge and teacher never run: the step is exactly the
+sequence-level algorithm (GRPO, T-GRPO or FFR).
 Optimisation is manual so that every stage is visible here and timed as `timing/<stage>`.
 Precision (fp32 master weights, bf16 autocast) is settled in `setup` (precision.py).
 """
