@@ -9,7 +9,10 @@ from hydra.core.global_hydra import GlobalHydra
 from conftest import PROJECT_ROOT
 
 CONF = PROJECT_ROOT / "conf"
-EXPERIMENTS = ["ema_topk", "no_feedback", "current_topk", "sync10_topk", "ema_sampled", "grpo"]
+EXPERIMENTS = [
+    "ema_topk", "no_feedback", "current_topk", "sync10_topk", "ema_sampled", "grpo",
+    "tgrpo", "ffr", "tgrpo_visd", "ffr_visd",
+]  # fmt: skip
 
 
 def composed(*overrides):

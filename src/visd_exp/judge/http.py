@@ -306,6 +306,11 @@ class HttpJudge:
             finally:
                 self._metrics.add_latency(time.perf_counter() - t0)
 
+    def parse_reply(self, content: str | None) -> str | None:
+        """The item's result from a reply's content: the judge's `{"feedback": ...}` (None when invalid).
+        Clients that reuse this one for other replies (FFR's teacher) override it."""
+        return parse_feedback(content, self.max_feedback_chars)
+
     async def _attempts(self, messages: list[dict]) -> str | None:
         body = {**self._body, "messages": messages}
         reason = "no attempt"
@@ -331,7 +336,7 @@ class HttpJudge:
                     return self._client_failure(status, error_message(resp, self._api_key()))
                 else:
                     self._client_error, self._client_error_count = None, 0
-                    feedback = parse_feedback(reply_content(resp), self.max_feedback_chars)
+                    feedback = self.parse_reply(reply_content(resp))
                     if feedback is None:
                         log.warning('judge: reply is not a valid {"feedback": ...} object; falling back')
                         self._last_failure = 'a reply that is not a valid {"feedback": ...} object'
