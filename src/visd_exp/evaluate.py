@@ -4,7 +4,9 @@
     python -m visd_exp.evaluate model_dir=logs/train/runs/<time>/hf_model data_file=/data/test.jsonl
     python -m visd_exp.evaluate                       # the tiny default model as configured
 
-Writes report.json, report.md and predictions.jsonl into logs/evaluate/runs/<time>/. Rows of a benchmark
+Writes report.json, report.md and predictions.jsonl into logs/evaluate/runs/<time>/. `control=swap_frames`,
+`shuffle_frames` or `all` also runs the video-dependence controls (controls.py) and reports them next to the
+normal run (predictions_<control>.jsonl, report["controls"]). Rows of a benchmark
 (source vstar, charades_sta, tvgbench) are also scored by its protocol (visd_exp.benchmarks):
 report["benchmarks"][name], its table in report.md, and for V-STaR vstar_results.json, the official
 results file (the published file is vstar_file, else the evaluated data file).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -124,9 +127,70 @@ def evaluate(cfg: DictConfig) -> dict:
         (out_dir / "report.md").write_text(
             markdown_report(report, title) + "\n" + benchmark_tables(benchmarks)
         )
+    controls = control_names(cfg.get("control"))
+    if controls:
+        report["controls"] = {"normal": control_summary(report)}
+        for control in controls:
+            from visd_exp.controls import ControlDataset
+
+            datamodule.datasets[split] = ControlDataset(dataset, control, seed=int(cfg.seed))
+            batches = tqdm(datamodule.loader(split, shuffle=False), desc=f"evaluate {control}", unit="batch")
+            with open(out_dir / f"predictions_{control}.jsonl", "w") as handle:
+                control_rows = []
+                for row in predict(model, processor, batches, cfg.max_completion_length):
+                    control_rows.append(row)
+                    handle.write(json.dumps(row) + "\n")
+            report["controls"][control] = control_summary(summarize_predictions(control_rows))
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        with open(out_dir / "report.md", "a") as handle:
+            handle.write("\n" + controls_table(report["controls"]))
     log.info("report: %s", out_dir / "report.md")
     print((out_dir / "report.md").read_text())
     return report
+
+
+def control_names(value) -> list[str]:
+    """`control`: null (none), one of controls.CONTROLS, or `all`."""
+    from visd_exp.controls import CONTROLS
+
+    if value in (None, "none", ""):
+        return []
+    if value == "all":
+        return list(CONTROLS)
+    if value not in CONTROLS:
+        raise ValueError(f"control={value!r}: one of {', '.join(CONTROLS)}, all, or null")
+    return [value]
+
+
+def control_summary(summary: dict) -> dict:
+    """The numbers a control is compared on: accuracy, temporal IoU and R1@0.5, spatial IoU, reward."""
+    temporal = summary["temporal"]
+    return {
+        "accuracy": summary["accuracy"],
+        "tIoU": temporal["mIoU"],
+        "R1@0.5": temporal.get("R1@0.5", math.nan),
+        "sIoU": summary["spatial"]["mIoU"],
+        "reward": summary["reward"]["total"],
+    }
+
+
+def controls_table(controls: dict) -> str:
+    """Markdown: the normal run and each control side by side."""
+
+    def f(x):
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x + 0.0:.3f}"
+
+    lines = [
+        "Video-dependence controls (a model that ignores the video scores the same on every row)",
+        "",
+        "| run | Acc | tIoU | R1@0.5 | sIoU | reward |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in controls.items():
+        lines.append(
+            f"| {name} | {f(c['accuracy'])} | {f(c['tIoU'])} | {f(c['R1@0.5'])} | {f(c['sIoU'])} | {f(c['reward'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate.yaml")

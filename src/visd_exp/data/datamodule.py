@@ -90,6 +90,10 @@ class VideoQADataset(Dataset):
         except VideoDecodeError as exc:  # became unreadable after validation: skip it, never crash the run
             log.warning("skipping %s: %s", record.get("_where", record["id"]), exc)
             return {"skipped": record["video_path"]}
+        return self.item(record, plan, frames)
+
+    def item(self, record: dict, plan: FramePlan, frames: torch.Tensor) -> dict:
+        """The item of `record` shown `frames` sampled by `plan` (evaluation controls pass other frames)."""
         text = prompt_text(self.processor, record, plan)
         sample = {
             **record,
