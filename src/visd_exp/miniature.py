@@ -63,8 +63,20 @@ def train(args: list[str], log: Path) -> None:
         raise SystemExit(f"training failed (exit {code}); see {log}")
 
 
+# The SFT start's own videos: disjoint from the RL data (another seed) and enough of them to ground
+# (measured 2026-11-21: 500 SFT steps on 256 videos give greedy test tIoU 0.967 vs 0.392 with swapped
+# frames; on 64 videos the model memorises, 0.414 vs 0.533; 300 steps on 256 do not ground yet).
+SFT_DATA = ("data.synthetic.num_videos=256", "data.synthetic.seed=1000", "data.cache_items=true")
+
+
 def run(
-    out: Path, steps: int, sft_steps: int, seeds: list[int], experiments: list[str], extra: list[str]
+    out: Path,
+    steps: int,
+    sft_steps: int,
+    seeds: list[int],
+    experiments: list[str],
+    extra: list[str],
+    sft_data: tuple[str, ...] = SFT_DATA,
 ) -> Path:
     """SFT once, then every experiment x seed from it; returns the multirun directory (analysed)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +85,7 @@ def run(
         print(f"[miniature] SFT start: {sft_steps} steps -> {sft}", flush=True)
         train(
             ["+experiment=sft", f"trainer.max_steps={sft_steps}", f"paths.output_dir={sft}", "logger=csv",
-             "callbacks.progress_bar=null", *extra],
+             "callbacks.progress_bar=null", *extra, *sft_data],
             out / "sft.log",
         )  # fmt: skip
     sweep = out / "runs"

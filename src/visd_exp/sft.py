@@ -165,6 +165,7 @@ class SFTDataModule(VideoQADataModule):
                     [r for r, k in zip(dataset.records, keep) if k],
                     [p for p, k in zip(dataset.plans, keep) if k],
                     self.processor,
+                    cache_items=dataset.cache_items,
                 )
                 self.stats["data/train_records"] = len(dataset)
         self.stats["data/train_dropped_long_targets"] = dropped

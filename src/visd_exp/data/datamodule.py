@@ -75,22 +75,33 @@ def encode_prompt(processor, text: str, frames: torch.Tensor) -> dict:
 class VideoQADataset(Dataset):
     """Items: the record (with frame_size/frame_times added), prompt text and processor tensors."""
 
-    def __init__(self, records: Sequence[dict], plans: Sequence[FramePlan], processor):
+    def __init__(self, records: Sequence[dict], plans: Sequence[FramePlan], processor, cache_items: bool = False):
         self.records = list(records)
         self.plans = list(plans)
         self.processor = processor
+        # data.cache_items: keep each decoded and encoded item in memory after its first use (small data
+        # seen for many epochs, e.g. the SFT warm start: decoding and the processor then cost nothing)
+        self.cache_items = cache_items
+        self._cache: dict[int, dict] = {}
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        if index in self._cache:
+            item = self._cache[index]
+            return {**item, "sample": dict(item["sample"])}
         record, plan = self.records[index], self.plans[index]
         try:
             frames = decode_frames(record["video_path"], plan)
         except VideoDecodeError as exc:  # became unreadable after validation: skip it, never crash the run
             log.warning("skipping %s: %s", record.get("_where", record["id"]), exc)
             return {"skipped": record["video_path"]}
-        return self.item(record, plan, frames)
+        item = self.item(record, plan, frames)
+        if self.cache_items:
+            self._cache[index] = item
+            return {**item, "sample": dict(item["sample"])}
+        return item
 
     def item(self, record: dict, plan: FramePlan, frames: torch.Tensor) -> dict:
         """The item of `record` shown `frames` sampled by `plan` (evaluation controls pass other frames)."""
@@ -240,7 +251,7 @@ class VideoQADataModule(L.LightningDataModule):
             )
         if not kept:
             raise ValueError(f"{path}: no usable records (all {len(records)} dropped or filtered)")
-        return VideoQADataset(kept, plans, self.processor)
+        return VideoQADataset(kept, plans, self.processor, cache_items=bool(self.cfg.get("cache_items", False)))
 
     def video_info(self, path: str):
         """The video's header: validation already probed it (once per file); otherwise probe now."""

@@ -134,6 +134,7 @@ def build_warm_start(base_dir: Path, out_dir: Path, warm_cfg, data_cfg, data_roo
             "seed": seed,
             "batch_size": warm_cfg.batch_size,
             "num_workers": 0,
+            "cache_items": True,  # 64-256 videos seen for hundreds of steps: decode and encode each once
             "max_prompt_length": data_cfg.get("max_prompt_length", 16384),
         }
     )
