@@ -34,8 +34,8 @@ def test_analysis_by_hand(tmp_path):
     # 20 steps: the final window is 2 steps (10%), the smoothing window 2 steps
     flat = [0.5] * 20
     rising = [0.1 * i for i in range(20)]  # final window mean (1.8 + 1.9) / 2 = 1.85
-    fake_run(tmp_path / "0", "grpo", 0, flat)
-    fake_run(tmp_path / "1", "grpo", 1, [0.7] * 20)  # grpo final reward: mean(0.5, 0.7) = 0.6
+    fake_run(tmp_path / "0", "grpo", 0, [0.0] * 10 + flat[10:])
+    fake_run(tmp_path / "1", "grpo", 1, [0.0] * 10 + [0.7] * 10)  # grpo final reward: mean(0.5, 0.7) = 0.6
     fake_run(tmp_path / "2", "ema_topk", 0, rising)
     fake_run(tmp_path / "3", "ema_topk", 1, rising)
     fake_run(tmp_path / "4", "no_feedback", 0, [2.0] * 20, accuracy=0.9)
@@ -49,12 +49,19 @@ def test_analysis_by_hand(tmp_path):
     assert table["ema_topk"]["steps_to_grpo_final"] == 7 and table["ema_topk"]["reaches_grpo_final"] == "2/2"
     feedback = result["claims"][0]
     assert feedback.startswith("- feedback beats answer-only: did NOT hold here") and "-0.150" in feedback
+    assert "seed spread unknown with one seed" in feedback  # no_feedback ran once
     assert "not measured" in result["claims"][1]  # current_topk missing
     assert "first reaches GRPO's final 0.600 at step 7" in result["claims"][-1]
     page = (tmp_path / "results.md").read_text()
     assert "| ema_topk | 2 | 20 | 1.850 ± 0.000 |" in page and "figure3_reward.png" in page
     assert (tmp_path / "figure3_reward.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().startswith("experiment,")
+
+
+def test_convergence_is_not_claimed_when_grpo_never_rose(tmp_path):
+    fake_run(tmp_path / "0", "grpo", 0, [0.5] * 10 + [0.3] * 10)
+    fake_run(tmp_path / "1", "ema_topk", 0, [0.5] * 20)
+    assert "not measurable here" in analyse(tmp_path)["claims"][-1]
 
 
 @pytest.mark.slow

@@ -157,6 +157,9 @@ def analyse(sweep: str | Path) -> dict:
             row[column], row[f"{column}_std"] = mean_std(vals)
         table[name] = row
     target = table.get("grpo", {}).get("reward", math.nan)
+    if "grpo" in by_exp:  # GRPO's reward over its first window: is there any rise to reach?
+        starts = [float(np.nanmean(r.metrics["reward"].to_numpy(float)[:window])) for r in by_exp["grpo"]]
+        table["grpo"]["start_reward"] = statistics.fmean(starts)
     for name, group in by_exp.items():
         steps = [first_reaching(smoothed(r.metrics["reward"].to_numpy(float), window), target) for r in group]
         reached = [s for s in steps if s is not None]
@@ -175,12 +178,16 @@ def claim_line(text: str, better: str, worse: str, metric: str, table: dict) -> 
         return f"- {text}: not measured ({better} or {worse} missing)"
     a, b = table[better], table[worse]
     diff = a[metric] - b[metric]
-    spread = a[f"{metric}_std"] + b[f"{metric}_std"]
     held = "held" if diff > 0 else "did NOT hold"
-    beyond = "exceeds" if abs(diff) > spread else "is within"
+    if min(a["runs"], b["runs"]) < 2:
+        verdict = "seed spread unknown with one seed: not evidence either way"
+    else:
+        spread = a[f"{metric}_std"] + b[f"{metric}_std"]
+        beyond = "exceeds" if abs(diff) > spread else "is within"
+        verdict = f"which {beyond} the seed spread {spread:.3f}"
     return (
         f"- {text}: {held} here ({better} {a[metric]:.3f} vs {worse} {b[metric]:.3f} final {metric}, "
-        f"difference {diff:+.3f}, which {beyond} the seed spread {spread:.3f})"
+        f"difference {diff:+.3f}, {verdict})"
     )
 
 
@@ -191,6 +198,11 @@ def convergence_line(table: dict) -> str:
     if math.isnan(v["steps_to_grpo_final"]):
         return f"- VISD reaches GRPO's final reward sooner: did NOT hold here (ema_topk never reached it, {v['reaches_grpo_final']} runs)"
     g = table["grpo"]
+    if g.get("start_reward", -math.inf) >= g["reward"]:
+        return (
+            f"- VISD reaches GRPO's final reward sooner: not measurable here (GRPO's final reward "
+            f"{g['reward']:.3f} is not above its starting reward {g['start_reward']:.3f}: every run 'reaches' it at once)"
+        )
     return (
         f"- VISD reaches GRPO's final reward sooner: ema_topk's smoothed reward first reaches GRPO's final "
         f"{g['reward']:.3f} at step {v['steps_to_grpo_final']:.0f} ± {v['steps_to_grpo_final_std']:.0f} "
