@@ -36,6 +36,7 @@ from visd_exp.objectives import check_advantage_config, group_advantages, group_
 from visd_exp.precision import prepare_trained_weights, resolve_old_logprobs
 from visd_exp.step_forward import micro_slices, policy_update, recompute_logprobs
 from visd_exp.teacher import build_teacher
+from visd_exp.utils.optim import adamw
 from visd_exp.utils.steps import Stopwatch, numpy_rng_state, reward_metrics, set_numpy_rng_state
 
 CREDIT_KEYS = (
@@ -114,19 +115,7 @@ class VISDModule(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
         optim = self.cfg.optim
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=optim.lr,
-            betas=tuple(optim.betas),
-            eps=optim.eps,
-        )
+        optimizer = adamw(self.model, optim)
         warmup = max(0, int(optim.warmup_steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))

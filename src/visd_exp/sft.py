@@ -34,6 +34,7 @@ from visd_exp.distributed.zero import accumulating_backward
 from visd_exp.module import VISDModule
 from visd_exp.precision import prepare_trained_weights
 from visd_exp.rollout.generation import RolloutBatch, policy_logprobs
+from visd_exp.utils.optim import adamw
 
 log = logging.getLogger(__name__)
 
@@ -228,19 +229,7 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         optim = self.cfg.optim
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=optim.lr,
-            betas=tuple(optim.betas),
-            eps=optim.eps,
-        )
+        optimizer = adamw(self.model, optim)
         trainer = self._trainer
         total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
         if total is None and trainer is not None:
