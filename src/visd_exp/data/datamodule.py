@@ -75,7 +75,9 @@ def encode_prompt(processor, text: str, frames: torch.Tensor) -> dict:
 class VideoQADataset(Dataset):
     """Items: the record (with frame_size/frame_times added), prompt text and processor tensors."""
 
-    def __init__(self, records: Sequence[dict], plans: Sequence[FramePlan], processor, cache_items: bool = False):
+    def __init__(
+        self, records: Sequence[dict], plans: Sequence[FramePlan], processor, cache_items: bool = False
+    ):
         self.records = list(records)
         self.plans = list(plans)
         self.processor = processor
@@ -251,7 +253,9 @@ class VideoQADataModule(L.LightningDataModule):
             )
         if not kept:
             raise ValueError(f"{path}: no usable records (all {len(records)} dropped or filtered)")
-        return VideoQADataset(kept, plans, self.processor, cache_items=bool(self.cfg.get("cache_items", False)))
+        return VideoQADataset(
+            kept, plans, self.processor, cache_items=bool(self.cfg.get("cache_items", False))
+        )
 
     def video_info(self, path: str):
         """The video's header: validation already probed it (once per file); otherwise probe now."""
