@@ -26,6 +26,7 @@ FAST = [
     "optim.weight_decay=0.0",  # so 'weights changed' can only come from policy gradients
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "callbacks.progress_bar=null",
+    "callbacks.validation.at_start=false",  # tests that want it turn it on
 ]
 
 
@@ -159,3 +160,24 @@ def test_multirun_writes_one_directory_per_job(cache_dir, tmp_path, trained_run)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):
         assert (sweep / job / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_validation_at_start_logs_step_zero_and_leaves_training_alone(cache_dir, tmp_path, trained_run):
+    """callbacks.validation.at_start: the starting model's val/* numbers at step 0, before any update,
+    with the training RNG untouched: the same losses as the run without it."""
+    from visd_exp.train import train
+
+    run_dir, _, _ = trained_run
+    cfg = compose_train(
+        [
+            *fast("callbacks.validation"),
+            "callbacks.validation.max_samples=2",
+            *shared_paths(cache_dir, tmp_path),
+        ]
+        + [f"paths.output_dir={tmp_path}"]
+    )
+    train(cfg)
+    rows = read_all_metrics(tmp_path)
+    val = [r for r in rows if r.get("val/reward/total")]
+    assert val and int(val[0]["step"]) == 0
+    assert [r["loss"] for r in read_metrics(tmp_path)] == [r["loss"] for r in read_metrics(run_dir)]

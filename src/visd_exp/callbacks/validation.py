@@ -1,4 +1,5 @@
-"""Greedy validation on the val split every N optimizer steps, logged as val/* at that step.
+"""Greedy validation on the val split every N optimizer steps, logged as val/* at that step, and once
+before the first step (`at_start`): every run shows where it started (the warm start's own numbers).
 
 Metrics go straight to the loggers (not through `self.log`), so a row without validation does not
 repeat the last val/* values.
@@ -25,9 +26,31 @@ def flatten(report: dict, prefix: str = "val") -> dict[str, float]:
 
 
 class ValidationCallback(L.Callback):
-    def __init__(self, every_n_steps: int = 50, max_samples: int = 32, max_completion_length: int = 160):
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        max_samples: int = 32,
+        max_completion_length: int = 160,
+        at_start: bool = True,
+    ):
         self.every_n_steps, self.max_samples = int(every_n_steps), int(max_samples)
         self.max_completion_length = int(max_completion_length)
+        self.at_start = bool(at_start)
+
+    def on_train_start(self, trainer, pl_module):
+        """Step 0, before any update: the starting model's numbers (not on a resumed run)."""
+        if (
+            not self.at_start
+            or self.every_n_steps <= 0
+            or trainer.global_step > 0
+            or trainer.datamodule is None
+        ):
+            return
+        if "val" not in trainer.datamodule.datasets:
+            return
+        metrics = self.validate(trainer, pl_module)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
