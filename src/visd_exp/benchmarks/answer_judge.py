@@ -28,24 +28,21 @@ Caps at 1: a number in the ground truth that the candidate lacks ("3 people" vs 
 negation (no, not, never, none, nothing) on one side only ("a cup" vs "not a cup").
 
 A request that still fails after the retries (timeouts, connection errors, 429/5xx) gives no rating (None,
-counted as 0 like an unparseable reply) and is counted in ``stats["failed"]``; a client error that will
-repeat (401, 403, 404, 400...) stops with ``AnswerJudgeError`` quoting the server's (masked) message.
+counted as 0 like an unparseable reply), is counted in ``stats["failed"]`` and logged with the count; a
+client error that will repeat (401, 403, 404, 400...) stops with ``AnswerJudgeError`` quoting the server's
+(masked) message. The HTTP client is the training judge's (judge/http.py), not a second one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import re
-import threading
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-import httpx
+from visd_exp.judge.base import JudgeError, JudgeItem
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +63,6 @@ USER_TEMPLATE = (
     "Question: {question}\nGroundtruth answer: {groundtruth}\nCandidate answer: {candidate}\nYour response: "
 )
 
-_TRANSIENT = frozenset({408, 409, 425, 429})
 _WORDS = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 _STOPWORDS = frozenset(
     "a an the is are was were be been of in on at to and or it its this that these those with by for as "
@@ -151,7 +147,9 @@ class RuleAnswerJudge:
 
 
 class OpenAIAnswerJudge:
-    """0-3 ratings from an OpenAI-compatible chat-completions server (kind=openai)."""
+    """0-3 ratings from an OpenAI-compatible chat-completions server (kind=openai), over the training
+    judge's HTTP client (judge/http.py: connection pool, retries with backoff, the key read from the
+    environment per request and masked in every message), with V-STaR's rating prompt."""
 
     kind = "openai"
 
@@ -163,7 +161,6 @@ class OpenAIAnswerJudge:
         timeout_s: float = 60.0,
         max_concurrency: int = 8,
         retries: int = 3,
-        backoff_s: float = 1.0,
         max_tokens: int = 16,
     ) -> None:
         if not base_url or not model:
@@ -175,18 +172,24 @@ class OpenAIAnswerJudge:
                 "answer_judge.kind=openai needs answer_judge.api_key_env: the NAME of the environment "
                 "variable that holds the API key"
             )
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key_env = api_key_env
+        self.model, self.api_key_env = model, api_key_env
         self._key()  # fail now (before any model loads) when the variable is unset
-        self.timeout_s = float(timeout_s)
-        self.max_concurrency = max(1, int(max_concurrency))
-        self.retries = max(0, int(retries))
-        self.backoff_s = float(backoff_s)
-        self.max_tokens = int(max_tokens)
+        self._client = _rating_client_class()(
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            api_key_required=True,
+            max_tokens=max_tokens,
+            json_mode=False,  # the reply is one integer
+            timeout=float(timeout_s),
+            max_concurrency=max(1, int(max_concurrency)),
+            retries=max(0, int(retries)),
+            max_client_errors=1,  # a 401/403/404 will repeat: stop at once
+            max_fallback_rate=None,  # a failed request is a 0, counted in stats["failed"]
+            name="answer judge",
+        )
+        self.url = self._client.url
         self.stats = {"requests": 0, "failed": 0}
-        self._lock = threading.Lock()  # stats are counted from the pool's threads
-        self._client: httpx.Client | None = None
 
     def __repr__(self) -> str:  # the variable's NAME only
         return f"OpenAIAnswerJudge(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -195,84 +198,54 @@ class OpenAIAnswerJudge:
     def description(self) -> str:
         return f"openai ({self.model} at {self.url})"
 
-    def _key(self) -> str:
-        key = os.environ.get(self.api_key_env, "")
-        if not key.strip():
+    def _key(self) -> None:
+        if not os.environ.get(self.api_key_env, "").strip():
             raise AnswerJudgeError(
                 f"answer_judge.kind=openai: the environment variable {self.api_key_env} "
                 f"(answer_judge.api_key_env) is not set; export it, or use answer_judge.kind=rule"
             )
-        return key
-
-    def messages(self, item: AnswerItem) -> list[dict]:
-        user = USER_TEMPLATE.format(
-            question=item.question, groundtruth=item.groundtruth, candidate=item.candidate
-        )
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
     def rate(self, items: Sequence[AnswerItem]) -> list[int | None]:
         if not items:
             return []
-        key = self._key()
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout_s)
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
-            replies = list(pool.map(lambda it: self._request(it, key), items))
+        self._key()
+        judged = [
+            JudgeItem(task="vstar_what", question=it.question, standard_answer=it.groundtruth, evidence=None,
+                      completion=it.candidate)
+            for it in items
+        ]  # fmt: skip
+        try:
+            replies = self._client.judge_batch(judged)
+        except JudgeError as exc:
+            raise AnswerJudgeError(str(exc)) from None
+        metrics = self._client.pop_metrics()
+        self.stats["requests"] += int(metrics.get("judge/requests", 0))
+        failed = sum(reply is None for reply in replies)
+        if failed:
+            log.warning("answer judge: %d of %d items got no rating (counted 0)", failed, len(items))
+        self.stats["failed"] += failed
         return [parse_rating(reply) for reply in replies]
 
-    def _request(self, item: AnswerItem, key: str) -> str | None:
-        body = {
-            "model": self.model,
-            "messages": self.messages(item),
-            "temperature": 0.0,
-            "max_tokens": self.max_tokens,
-        }
-        headers = {"Authorization": f"Bearer {key}"}
-        reason = "no attempt"
-        for attempt in range(self.retries + 1):
-            with self._lock:
-                self.stats["requests"] += 1
-            try:
-                resp = self._client.post(self.url, json=body, headers=headers)
-            except httpx.TransportError as exc:  # timeouts, refused or reset connections
-                reason = type(exc).__name__
-            else:
-                status = resp.status_code
-                if status < 400:
-                    try:
-                        return resp.json()["choices"][0]["message"]["content"]
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        return None  # a reply without a rating: unparseable, counted 0
-                if status not in _TRANSIENT and status < 500:
-                    raise AnswerJudgeError(
-                        f"answer judge: HTTP {status} from {self.url}: {_message(resp, key)}"
-                    )
-                reason = f"HTTP {status}"
-            if attempt < self.retries:
-                time.sleep(random.uniform(0.0, min(30.0, self.backoff_s * 2**attempt)))
-        log.warning(
-            "answer judge: no rating after %d attempts (%s); the item counts 0", self.retries + 1, reason
-        )
-        with self._lock:
-            self.stats["failed"] += 1
-        return None
-
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._client.close()
 
 
-def _message(resp: httpx.Response, key: str) -> str:
-    """An error reply's message on one short line, the key masked."""
-    try:
-        payload = resp.json()
-        error = payload.get("error") if isinstance(payload, dict) else None
-        message = error.get("message") if isinstance(error, dict) else (error or resp.text)
-    except (ValueError, AttributeError):
-        message = resp.text
-    message = " ".join(str(message).split()) or "(empty body)"
-    return (message.replace(key, "***") if len(key) >= 4 else message)[:300]
+def _rating_client_class():
+    from visd_exp.judge.http import HttpJudge
+
+    class RatingClient(HttpJudge):
+        """The judge's HTTP client with V-STaR's rating messages; the reply content comes back verbatim."""
+
+        def messages(self, item: JudgeItem) -> list[dict]:
+            user = USER_TEMPLATE.format(
+                question=item.question, groundtruth=item.standard_answer, candidate=item.completion
+            )
+            return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+        def parse_reply(self, content: str | None) -> str | None:
+            return content if isinstance(content, str) else None
+
+    return RatingClient
 
 
 def build_answer_judge(cfg: Mapping | None):
