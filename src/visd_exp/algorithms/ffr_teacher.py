@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from visd_exp.algorithms.ffr_patch import ERROR_TYPES, MAX_PATCH_CHARS, Diagnosis, leak_reason
 from visd_exp.judge.base import JudgeItem, evidence_from_sample
+from visd_exp.judge.replies import json_object
 from visd_exp.metrics import temporal_iou
 
 __all__ = ["ERROR_TYPES", "Diagnosis", "HttpTeacher", "RuleTeacher", "build_ffr_teacher", "leak_reason"]
@@ -203,16 +204,7 @@ Student output:
 
 def parse_diagnosis(content: str | None) -> Diagnosis | None:
     """{"error_type", "patch"} out of a reply (strict JSON, else the first {...} object in it)."""
-    if not isinstance(content, str):
-        return None
-    try:
-        obj = json.loads(content)
-    except ValueError:
-        start = content.find("{")
-        try:
-            obj = json.JSONDecoder().raw_decode(content, start)[0] if start >= 0 else None
-        except ValueError:
-            obj = None
+    obj = json_object(content)
     if not isinstance(obj, dict):
         return None
     error_type = str(obj.get("error_type", "")).strip().lower()

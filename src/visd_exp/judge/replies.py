@@ -13,6 +13,23 @@ _DECODER = json.JSONDecoder()
 MAX_MESSAGE_CHARS = 300
 
 
+def json_object(content: str | None):
+    """The JSON value of a reply's content: strict JSON first, then the first ``{...}`` object found in the
+    text (models like to wrap JSON in prose or code fences); None when there is none."""
+    if not isinstance(content, str):
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        start = content.find("{")
+        if start < 0:
+            return None
+        try:
+            return _DECODER.raw_decode(content, start)[0]
+        except ValueError:
+            return None
+
+
 def parse_feedback(content: str | None, max_chars: int) -> str | None:
     """The feedback string of a judge reply, or None when the reply is unusable.
 
@@ -20,18 +37,7 @@ def parse_feedback(content: str | None, max_chars: int) -> str | None:
     like to wrap JSON in prose or code fences). The feedback must be a non-empty string after strip and
     is cut to ``max_chars``.
     """
-    if not isinstance(content, str):
-        return None
-    try:
-        obj = json.loads(content)
-    except ValueError:
-        start = content.find("{")
-        if start < 0:
-            return None
-        try:
-            obj, _ = _DECODER.raw_decode(content, start)
-        except ValueError:
-            return None
+    obj = json_object(content)
     if not isinstance(obj, dict) or not isinstance(obj.get("feedback"), str):
         return None
     feedback = obj["feedback"].strip()
