@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import pytest
 
 import published_fixtures as pf
 from conftest import PROJECT_ROOT
+from test_train_e2e import run_module
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch process at a time on 2 cores
 
 
 def cli(module: str, *args, capsys=None) -> subprocess.CompletedProcess:
@@ -127,15 +131,7 @@ def train_three_steps(data_file, run_dir, cache_dir):
         f"paths.log_dir={run_dir / 'logs'}",
         f"paths.output_dir={run_dir}",
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "visd_exp.train", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=PROJECT_ROOT,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_module("train", *args, env=ONE_THREAD)
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
         return list(csv.DictReader(handle))
 
@@ -158,15 +154,7 @@ def evaluate(data_file, out_dir, cache_dir) -> dict:
         f"paths.cache_dir={cache_dir}",
         f"paths.output_dir={out_dir}",
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "visd_exp.evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=PROJECT_ROOT,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_module("evaluate", *args, env=ONE_THREAD)
     return json.loads((out_dir / "report.json").read_text())
 
 
@@ -213,27 +201,21 @@ def test_sft_on_an_stgr_sft_file_then_rl_from_its_hf_model(tmp_path, cache_dir):
     sft_file = pf.write_stgr_sft(tmp_path / "data")
     sft_dir, rl_dir = tmp_path / "sft", tmp_path / "rl"
     common = ["data=jsonl", "data.batch_size=2", "logger=csv", f"paths.cache_dir={cache_dir}"]
-    run = [sys.executable, "-m", "visd_exp.train"]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    sft = subprocess.run(
-        [*run, "+experiment=sft", f"data.train_file={sft_file}", "trainer.max_steps=3", *common,
-         f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={sft_dir}"],
-        capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT, env=env,
+    run_module(
+        "train", "+experiment=sft", f"data.train_file={sft_file}", "trainer.max_steps=3", *common,
+        f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={sft_dir}", env=ONE_THREAD,
     )  # fmt: skip
-    assert sft.returncode == 0, sft.stderr[-3000:]
     assert (sft_dir / "checkpoints" / "last.ckpt").is_file()
     with open(sft_dir / "csv" / "version_0" / "metrics.csv") as handle:
         losses = [float(r["loss"]) for r in csv.DictReader(handle) if r.get("loss")]
     assert len(losses) == 3 and losses[-1] < losses[0]
 
     rl_file = pf.write_stgr_rl(tmp_path / "data")
-    rl = subprocess.run(
-        [*run, f"data.train_file={rl_file}", f"model.init_from={sft_dir / 'hf_model'}", "trainer.max_steps=2",
-         "algorithm.max_completion_length=24", "dumps.credit_every_n_steps=0", *common,
-         f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={rl_dir}"],
-        capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT, env=env,
+    run_module(
+        "train", f"data.train_file={rl_file}", f"model.init_from={sft_dir / 'hf_model'}", "trainer.max_steps=2",
+        "algorithm.max_completion_length=24", "dumps.credit_every_n_steps=0", *common,
+        f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={rl_dir}", env=ONE_THREAD,
     )  # fmt: skip
-    assert rl.returncode == 0, rl.stderr[-3000:]
     resolved = (rl_dir / "config_resolved.yaml").read_text()
     assert f"init_from: {sft_dir / 'hf_model'}" in resolved
     # RL moved on from the SFT weights (lr > 0), so the two hf_models differ but share every tensor name
