@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from visd_exp.data.formats.base import BOX_IN_TEXT
 from visd_exp.data.probing import ProbeResult
 from visd_exp.data.task_checks import CHAIN_TASKS, check_task_supervision
 from visd_exp.rewards.tasks import TASK_NAMES
@@ -28,7 +29,6 @@ OPTION_LETTER = re.compile(r"^\s*\(?([A-Za-z])\s*[.):]")
 # How far past the probed duration an interval end or key-frame time may lie and still be clipped:
 # the larger of 5 s and 10% of the video (annotation rounding and container/stream length differences).
 CLIP_TOLERANCE_S, CLIP_TOLERANCE_FRAC = 5.0, 0.10
-BOX_IN_TEXT = re.compile(r"<box>\s*\[([^\]]*)\]\s*</box>")
 
 
 def _is_number(value: Any) -> bool:

@@ -79,13 +79,15 @@ def _iter_json_object(text: str) -> Iterator[tuple[int, Any]]:
         yield exc.lineno, exc
         return
     # lines: find each key's position in order (keys are unique, members come in file order)
-    pos = 0
+    pos, line = 0, 1  # where the previous key was found, and its line (counted incrementally: linear time)
     for key, value in whole.items():
-        needle = json.dumps(key)
-        found = text.find(needle, pos)
-        lineno = text.count("\n", 0, found) + 1 if found >= 0 else 1
-        pos = max(pos, found)
-        yield lineno, {"vid": key, **value} if isinstance(value, dict) else {"vid": key, "_value": value}
+        found = text.find(json.dumps(key, ensure_ascii=False), pos)
+        if found < 0:  # written with \u escapes
+            found = text.find(json.dumps(key), pos)
+        if found >= 0:
+            line += text.count("\n", pos, found)
+            pos = found
+        yield line, {"vid": key, **value} if isinstance(value, dict) else {"vid": key, "_value": value}
 
 
 def _iter_lines(text: str, as_json: bool) -> Iterator[tuple[int, Any]]:
