@@ -21,6 +21,7 @@ FAST = [
     "model.warm_start.steps=80",
     "model.warm_start.lr=3e-3",
     "model.warm_start.batch_size=8",
+    "model.warm_start.data.num_videos=64",
     "data.synthetic.num_videos=12",
     "algorithm.max_completion_length=96",
     "optim.weight_decay=0.0",  # so 'weights changed' can only come from policy gradients
