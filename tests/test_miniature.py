@@ -12,7 +12,10 @@ import yaml
 from visd_exp.miniature import analyse, run
 
 
-def fake_run(job, experiment: str, seed: int, rewards: list[float], accuracy: float = 0.5) -> None:
+def fake_run(
+    job, experiment: str, seed: int, rewards: list[float], accuracy: float = 0.5, val: dict | None = None
+) -> None:
+    """A run directory as training writes it; `val` = {step: greedy val reward} (logged on those steps only)."""
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(
         yaml.safe_dump([f"+experiment={experiment}", f"seed={seed}"])
@@ -21,13 +24,15 @@ def fake_run(job, experiment: str, seed: int, rewards: list[float], accuracy: fl
     (job / "csv" / "version_0").mkdir(parents=True)
     with open(job / "csv" / "version_0" / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(
-            handle, fieldnames=["step", "loss", "reward", "rewards/ans/mean", "grad_norm"]
+            handle, fieldnames=["step", "loss", "reward", "rewards/ans/mean", "grad_norm", "val/reward/total"]
         )
         writer.writeheader()
         for step, r in enumerate(rewards):
             writer.writerow(
                 {"step": step, "loss": 0.1, "reward": r, "rewards/ans/mean": accuracy, "grad_norm": 1.0}
             )
+        for step, v in (val or {}).items():
+            writer.writerow({"step": step, "val/reward/total": v})
 
 
 def test_analysis_by_hand(tmp_path):
@@ -56,6 +61,23 @@ def test_analysis_by_hand(tmp_path):
     assert "| ema_topk | 2 | 20 | 1.850 ± 0.000 |" in page and "figure3_reward.png" in page
     assert (tmp_path / "figure3_reward.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().startswith("experiment,")
+
+
+def test_greedy_validation_columns_and_claims(tmp_path):
+    # validation at steps 0 and 10: the last value is the run's, the first its start
+    fake_run(tmp_path / "0", "ema_topk", 0, [1.0] * 10, val={0: 2.0, 5: 2.5, 10: 2.2})
+    fake_run(tmp_path / "1", "ema_topk", 1, [1.0] * 10, val={0: 2.0, 10: 2.4})
+    fake_run(tmp_path / "2", "no_feedback", 0, [1.0] * 10, val={0: 2.0, 10: 2.0})
+    fake_run(tmp_path / "3", "no_feedback", 1, [1.0] * 10, val={0: 2.0, 10: 2.1})
+    result = analyse(tmp_path)
+    ema, nofb = result["table"]["ema_topk"], result["table"]["no_feedback"]
+    assert ema["val_reward"] == pytest.approx(2.3) and ema["val_reward_std"] == pytest.approx(0.1)
+    assert ema["val_reward_start"] == pytest.approx(2.0) and nofb["val_reward"] == pytest.approx(2.05)
+    # 2.3 - 2.05 = 0.25 against a spread of 0.1 + 0.05
+    val_claim = [c for c in result["claims"] if "val_reward" in c][0]
+    assert val_claim.startswith("- feedback beats answer-only: held here") and "+0.250" in val_claim
+    assert "exceeds the seed spread 0.150" in val_claim
+    assert "| ema_topk | 2.300 ± 0.100 (2.000) |" in (tmp_path / "results.md").read_text()
 
 
 def test_convergence_is_not_claimed_when_grpo_never_rose(tmp_path):

@@ -1,6 +1,6 @@
 """The miniature reproduction in one command (src/visd_exp/miniature.py does the work).
 
-    python experiments/miniature/run.py                # full: SFT 500 steps, 8 experiments x 3 seeds x 300 steps
+    python experiments/miniature/run.py                # full: SFT 500 steps, 8 experiments x 3 seeds x 100 steps (about 70 min)
     python experiments/miniature/run.py --quick        # SFT 120 steps, 8 experiments x 1 seed x 30 steps
     python experiments/miniature/run.py --out DIR --steps N --seeds 0,1,2 --experiments grpo,ema_topk -- key=value ...
 
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--experiments", default=",".join((*ABLATIONS, *OTHERS)))
     parser.add_argument("overrides", nargs="*", help="extra key=value for every training run (after --)")
     args = parser.parse_args()
-    steps = args.steps or (30 if args.quick else 300)
+    steps = args.steps or (30 if args.quick else 100)
     sft_steps = args.sft_steps or (120 if args.quick else 500)
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     out = args.out or ROOT / "logs" / "miniature" / time.strftime("%Y-%m-%d_%H-%M-%S")

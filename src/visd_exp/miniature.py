@@ -36,6 +36,12 @@ COLUMNS = {  # results column -> logged metric (rewards/<component>/mean: the ve
     "spatial_iou": "rewards/ans_spa/mean",
     "grad_norm": "grad_norm",
 }
+VAL_COLUMNS = {  # results column -> greedy validation metric (ValidationCallback): its last value in each run
+    "val_reward": "val/reward/total",
+    "val_accuracy": "val/accuracy",
+    "val_temporal_iou": "val/temporal/mIoU",
+    "val_spatial_iou": "val/spatial/mIoU",
+}
 PANELS = {  # Figure 3: one panel per design choice, the main setting in each
     "judge feedback": ("ema_topk", "no_feedback"),
     "teacher update": ("ema_topk", "current_topk", "sync10_topk"),
@@ -114,6 +120,17 @@ def window_mean(values: np.ndarray) -> float:
     return float(tail.mean()) if len(tail) else math.nan
 
 
+def last_value(values: np.ndarray) -> float:
+    """The last logged (non-NaN) value: greedy validation at the end of the run."""
+    logged = values[~np.isnan(values)]
+    return float(logged[-1]) if len(logged) else math.nan
+
+
+def first_value(values: np.ndarray) -> float:
+    logged = values[~np.isnan(values)]
+    return float(logged[0]) if len(logged) else math.nan
+
+
 def smoothed(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average (NaN-aware) over `window` steps."""
     out = np.full(len(values), math.nan)
@@ -155,6 +172,10 @@ def analyse(sweep: str | Path) -> dict:
                 window_mean(r.metrics[key].to_numpy(float)) if key in r.metrics else math.nan for r in group
             ]
             row[column], row[f"{column}_std"] = mean_std(vals)
+        for column, key in VAL_COLUMNS.items():
+            series = [r.metrics[key].to_numpy(float) for r in group if key in r.metrics]
+            row[column], row[f"{column}_std"] = mean_std([last_value(v) for v in series])
+            row[f"{column}_start"] = mean_std([first_value(v) for v in series])[0]
         table[name] = row
     target = table.get("grpo", {}).get("reward", math.nan)
     if "grpo" in by_exp:  # GRPO's reward over its first window: is there any rise to reach?
@@ -166,6 +187,10 @@ def analyse(sweep: str | Path) -> dict:
         table[name]["reaches_grpo_final"] = f"{len(reached)}/{len(steps)}"
         table[name]["steps_to_grpo_final"], table[name]["steps_to_grpo_final_std"] = mean_std(reached)
     claims = [claim_line(text, a, b, metric, table) for text, a, b, metric in CLAIMS]
+    if any(
+        not math.isnan(row["val_reward"]) for row in table.values()
+    ):  # the same claims on greedy validation
+        claims += [claim_line(text, a, b, "val_reward", table) for text, a, b, _ in CLAIMS]
     claims.append(convergence_line(table))
     write_csv(sweep / "results.csv", table)
     figures = plot_panels(by_exp, window, sweep)
@@ -178,6 +203,8 @@ def claim_line(text: str, better: str, worse: str, metric: str, table: dict) -> 
         return f"- {text}: not measured ({better} or {worse} missing)"
     a, b = table[better], table[worse]
     diff = a[metric] - b[metric]
+    if math.isnan(diff):
+        return f"- {text}: not measured ({metric} missing)"
     held = "held" if diff > 0 else "did NOT hold"
     if min(a["runs"], b["runs"]) < 2:
         verdict = "seed spread unknown with one seed: not evidence either way"
@@ -269,6 +296,21 @@ def markdown(table: dict, claims: list[str], figures: list[str], window: int) ->
             f"| {name} | {row['runs']} | {row['steps']} | {cell(row, 'reward')} | {cell(row, 'accuracy')} | "
             f"{cell(row, 'temporal_iou')} | {cell(row, 'spatial_iou')} | {cell(row, 'grad_norm')} | {conv_cell} |"
         )
+    if any(not math.isnan(row["val_reward"]) for row in table.values()):
+        lines += [
+            "",
+            "Greedy validation at the end of each run (mean ± std over seeds; at step 0, before any RL update, "
+            "in brackets):",
+            "",
+            "| experiment | val reward | val accuracy | val temporal IoU | val spatial IoU |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in table.items():
+            cells = [
+                f"{cell(row, c)} ({row[c + '_start']:.3f})" if not math.isnan(row[c]) else "n/a"
+                for c in VAL_COLUMNS
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Section 4.3's claims, here",
