@@ -1,0 +1,143 @@
+"""What a VISD step costs over a GRPO step, on the same seed and data (issue: "VISD within 15% of GRPO").
+
+Runs `python -m visd_exp.train` for each variant, one after the other, on the tiny default (or --size
+tiny for a smoke run), with validation, checkpoints and credit dumps off, then reads each run's
+per-step timings from its metrics.csv (median over the steps after --skip):
+
+    visd          the default (EMA teacher, top-K credit, rule judge, lambda 0.5)
+    visd_lambda0  the same with lambda = 0 from the start: no judge call and no teacher replay may run
+    grpo          +experiment=grpo (no teacher, no judge)
+
+and reports
+    within_run_ratio   VISD step / (step - teacher - judge), medians of the same run: what the teacher
+                       replay and the judge add to a step (target <= 1.15)
+    lambda0_vs_grpo    VISD with lambda = 0 / GRPO, median step times (target <= 1.03)
+    visd_vs_grpo       VISD / GRPO, median step times, side by side
+Writes bench/results/step_overhead.json.
+
+    .venv/bin/python bench/step_overhead.py [--steps 40] [--skip 5] [--seed 0] [--size default|tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "visd": [],
+    "visd_lambda0": ["schedule=constant", "schedule.value=0.0"],
+    "grpo": ["+experiment=grpo"],
+}
+QUIET = [
+    "logger=csv",
+    "callbacks.validation.every_n_steps=0",
+    "callbacks.validation.at_start=false",
+    "callbacks.model_checkpoint=null",
+    "callbacks.progress_bar=null",
+    "dumps.credit_every_n_steps=0",
+    "save_hf_model=false",
+]
+TINY = [  # a smoke run: small data, short completions, a short warm start
+    "data.synthetic.num_videos=12",
+    "model.warm_start.steps=4",
+    "model.warm_start.batch_size=4",
+    "model.warm_start.data.num_videos=12",
+    "algorithm.max_completion_length=24",
+]
+
+
+def run(name: str, overrides: list[str], out: Path, log: Path) -> list[dict]:
+    cmd = [sys.executable, "-m", "visd_exp.train", *overrides, f"hydra.run.dir={out}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    with log.open("w") as handle:
+        code = subprocess.call(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise SystemExit(f"{name}: training failed (exit {code}); see {log}")
+    with open(out / "csv" / "version_0" / "metrics.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("step_time")]
+
+
+def median(rows: list[dict], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    return statistics.median(values) if values else 0.0
+
+
+def summarise(rows: list[dict], skip: int) -> dict:
+    rows = rows[skip:]
+    base = [
+        float(r["step_time"]) - float(r.get("timing/teacher") or 0) - float(r.get("timing/judge") or 0)
+        for r in rows
+    ]
+    return {
+        "steps_timed": len(rows),
+        "step_s": median(rows, "step_time"),
+        "step_without_teacher_and_judge_s": statistics.median(base),
+        **{f"{k.split('/')[1]}_s": median(rows, k) for k in ("timing/rollout", "timing/reward", "timing/judge", "timing/teacher", "timing/update")},
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=("default", "tiny"), default="default")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_overhead.json")
+    parser.add_argument("overrides", nargs="*", help="extra key=value for every run")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="step_overhead-"))
+    common = [
+        f"trainer.max_steps={args.steps}",
+        f"seed={args.seed}",
+        *QUIET,
+        *(TINY if args.size == "tiny" else []),
+    ]
+    results = {}
+    for name in args.variants.split(","):
+        start = time.perf_counter()
+        rows = run(name, [*VARIANTS[name], *common, *args.overrides], work / name, work / f"{name}.log")
+        results[name] = {**summarise(rows, args.skip), "wall_s": time.perf_counter() - start}
+        print(f"{name}: median step {results[name]['step_s']:.3f} s", flush=True)
+    ratios = {}
+    if "visd" in results:
+        v = results["visd"]
+        ratios["within_run_ratio"] = v["step_s"] / v["step_without_teacher_and_judge_s"]
+    if "grpo" in results:
+        for name in ("visd", "visd_lambda0"):
+            if name in results:
+                key = "visd_vs_grpo" if name == "visd" else "lambda0_vs_grpo"
+                ratios[key] = results[name]["step_s"] / results["grpo"]["step_s"]
+    result = {
+        "variants": results,
+        **ratios,
+        "targets": {"within_run_ratio": 1.15, "lambda0_vs_grpo": 1.03},
+        "steps": args.steps,
+        "skip": args.skip,
+        "seed": args.seed,
+        "size": args.size,
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "command": "bench/step_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(ratios, indent=1), "->", args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
