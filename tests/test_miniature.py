@@ -80,6 +80,20 @@ def test_greedy_validation_columns_and_claims(tmp_path):
     assert "| ema_topk | 2.300 ± 0.100 (2.000) |" in (tmp_path / "results.md").read_text()
 
 
+def test_convergence_is_not_claimed_when_grpos_rise_is_within_its_seed_spread(tmp_path):
+    def sweep(name, grpo_finals):
+        for seed, final in enumerate(grpo_finals):
+            fake_run(tmp_path / name / str(seed), "grpo", seed, [1.0] * 10 + [final] * 10)
+        fake_run(tmp_path / name / "9", "ema_topk", 0, [1.0] * 5 + [1.3] * 15)
+        return analyse(tmp_path / name)["claims"][-1]
+
+    # GRPO's first window 1.0, finals 1.1 and 1.3: 1.2 ± 0.1, a rise of 0.2 beyond its spread
+    assert "first reaches GRPO's final 1.200 at step 6" in sweep("clear", [1.1, 1.3])
+    # the same rise with finals 0.9 and 1.5 (± 0.3): not measurable
+    line = sweep("noisy", [0.9, 1.5])
+    assert "not measurable here (GRPO's reward rose 0.200" in line and "seed spread 0.300" in line
+
+
 def test_convergence_is_not_claimed_when_grpo_never_rose(tmp_path):
     fake_run(tmp_path / "0", "grpo", 0, [0.5] * 10 + [0.3] * 10)
     fake_run(tmp_path / "1", "ema_topk", 0, [0.5] * 20)
