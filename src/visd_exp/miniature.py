@@ -23,6 +23,7 @@ import math
 import statistics
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +269,9 @@ def plot_panels(by_exp: dict, window: int, out: Path) -> list[str]:
                 continue
             curves = [smoothed(r.metrics["reward"].to_numpy(float), window) for r in by_exp[name]]
             n = min(len(c) for c in curves)
-            mean = np.nanmean(np.stack([c[:n] for c in curves]), axis=0)
+            with warnings.catch_warnings():  # a step no seed logged is NaN in the plot, not a warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(np.stack([c[:n] for c in curves]), axis=0)
             ax.plot(range(n), mean, label=name, linestyle="--" if name == "grpo" else "-")
         ax.set_title(title)
         ax.set_xlabel("step")
