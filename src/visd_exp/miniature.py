@@ -121,15 +121,10 @@ def window_mean(values: np.ndarray) -> float:
     return float(tail.mean()) if len(tail) else math.nan
 
 
-def last_value(values: np.ndarray) -> float:
-    """The last logged (non-NaN) value: greedy validation at the end of the run."""
+def logged_at(values: np.ndarray, index: int) -> float:
+    """The index-th logged (non-NaN) value, e.g. 0: the run's start, -1: its end (greedy validation)."""
     logged = values[~np.isnan(values)]
-    return float(logged[-1]) if len(logged) else math.nan
-
-
-def first_value(values: np.ndarray) -> float:
-    logged = values[~np.isnan(values)]
-    return float(logged[0]) if len(logged) else math.nan
+    return float(logged[index]) if len(logged) else math.nan
 
 
 def smoothed(values: np.ndarray, window: int) -> np.ndarray:
@@ -175,8 +170,8 @@ def analyse(sweep: str | Path) -> dict:
             row[column], row[f"{column}_std"] = mean_std(vals)
         for column, key in VAL_COLUMNS.items():
             series = [r.metrics[key].to_numpy(float) for r in group if key in r.metrics]
-            row[column], row[f"{column}_std"] = mean_std([last_value(v) for v in series])
-            row[f"{column}_start"] = mean_std([first_value(v) for v in series])[0]
+            row[column], row[f"{column}_std"] = mean_std([logged_at(v, -1) for v in series])
+            row[f"{column}_start"] = mean_std([logged_at(v, 0) for v in series])[0]
         table[name] = row
     target = table.get("grpo", {}).get("reward", math.nan)
     if "grpo" in by_exp:  # GRPO's reward over its first window: is there any rise to reach?
