@@ -296,6 +296,7 @@ def test_warm_start_builds_through_the_sft_module(cache_dir):
     cfg.cache_dir = str(cache_dir / "models")
     cfg.warm_start.merge_with({"steps": 3, "batch_size": 2, "data": {"num_videos": 4}})
     cfg.warm_start.data_dir = str(cache_dir / "data" / "synthetic")
+    cfg.warm_start.shipped_dir = None  # build it
     data = OmegaConf.create({**DATA_CFG, "max_prompt_length": 16384})
     base_dir = Path(resolve_model_path(OmegaConf.merge(cfg, {"warm_start": None})))  # the random tiny model
     torch.manual_seed(123)
@@ -318,3 +319,68 @@ def test_warm_start_builds_through_the_sft_module(cache_dir):
     trained = load_file(path / "model.safetensors")
     assert sum(not torch.equal(base[k], trained[k]) for k in base) > len(base) // 2
     assert Path(resolve_model_path(cfg, data)) == path  # cached: reused, not rebuilt
+
+
+def test_a_shipped_start_is_copied_not_built_and_keys_do_not_depend_on_placement(
+    cache_dir, tmp_path, monkeypatch
+):
+    from visd_exp.models import warm_start
+    from visd_exp.models.loading import resolve_model_path
+
+    cfg = OmegaConf.load(PROJECT_ROOT / "conf/model/tiny.yaml")
+    cfg.cache_dir = str(cache_dir / "models")
+    cfg.warm_start.merge_with({"steps": 3, "batch_size": 2, "data": {"num_videos": 4}})
+    cfg.warm_start.data_dir = str(cache_dir / "data" / "synthetic")
+    cfg.warm_start.shipped_dir = None
+    data = OmegaConf.create({**DATA_CFG, "max_prompt_length": 16384})
+    built = Path(resolve_model_path(cfg, data))  # the test above's build, cached (or built here)
+    base_dir = Path(resolve_model_path(OmegaConf.merge(cfg, {"warm_start": None})))
+    key = warm_start.warm_start_key(base_dir, cfg.warm_start, data)
+    moved = OmegaConf.merge(
+        cfg.warm_start, {"data_dir": "/elsewhere/data", "shipped_dir": "/elsewhere/assets"}
+    )
+    assert warm_start.warm_start_key(base_dir, moved, data) == key  # the same in every clone
+    assert warm_start.warm_start_key(base_dir, OmegaConf.merge(cfg.warm_start, {"steps": 4}), data) != key
+
+    root = Path(cfg.warm_start.data_dir).parents[1]  # a "project root" that holds the data directory
+    shipped = warm_start.ship(built, tmp_path / "assets", root)
+    record = (shipped / "warm_start.json").read_text()
+    assert str(root) + "/" not in record and "data/synthetic/easy-n4-s1000/train.jsonl" in record
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built although a shipped copy exists")
+
+    monkeypatch.setattr(warm_start, "build_warm_start", no_build)
+    fresh = OmegaConf.merge(
+        cfg,
+        {"cache_dir": str(tmp_path / "fresh_cache"), "warm_start": {"shipped_dir": str(tmp_path / "assets")}},
+    )
+    copied = Path(resolve_model_path(fresh, data))
+    assert copied.parent == tmp_path / "fresh_cache" and copied.name == built.name
+    assert (copied / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    elsewhere = OmegaConf.merge(fresh, {"cache_dir": str(tmp_path / "other"), "warm_start": {"steps": 4}})
+    with pytest.raises(AssertionError, match="built although"):  # another key: no shipped copy, so a build
+        resolve_model_path(elsewhere, data)
+
+
+def test_the_default_warm_start_is_shipped_with_the_defaults_settings():
+    """Changing the default's warm-start or frame settings without shipping its start fails here (ship it:
+    python -m visd_exp.models.warm_start), so a fresh clone never trains a start nobody measured."""
+    from visd_exp.models import warm_start
+    from visd_exp.models.tiny import TinySpec
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train")
+    base = f"tiny-qwen2_5_vl-{TinySpec(**cfg.model.tiny).key()}"
+    key = warm_start.warm_start_key(Path(base), cfg.model.warm_start, cfg.data)
+    shipped = Path(cfg.model.warm_start.shipped_dir) / f"{base}-sft-{key}"
+    assert shipped == PROJECT_ROOT / "assets" / "warm_starts" / shipped.name
+    record = json.loads((shipped / "warm_start.json").read_text())
+    assert record["version"] == warm_start.WARM_START_VERSION
+    assert len(record["losses"]) == cfg.model.warm_start.steps
+    assert record["sft"]["optim"]["lr"] == cfg.model.warm_start.lr
+    assert record["config"]["batch_size"] == cfg.model.warm_start.batch_size
+    assert record["config"]["synthetic"]["num_videos"] == cfg.model.warm_start.data.num_videos
+    assert all(record["config"][k] == cfg.data[k] for k in warm_start.FRAME_KEYS)
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in shipped.iterdir()}

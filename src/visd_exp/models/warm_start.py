@@ -4,6 +4,14 @@ Built by the SFT stage itself (visd_exp.sft: SFTDataModule + SFTModule fitted by
 no loggers or checkpoints), so there is one SFT implementation. Keyed by WARM_START_VERSION, the base
 model, the warm-start settings and the frame settings of the run's data config (SFT and RL must see
 frames the same way), built once under a lock, published atomically.
+
+The default's start is also shipped, built by this module, under assets/warm_starts/ (2.6 MB): a cache
+miss whose key has a shipped copy (`model.warm_start.shipped_dir`) copies it instead of training, so a
+fresh clone starts RL in seconds from the very start whose numbers README reports (rebuilds on other
+machines differ in the last bits of every reduction, and 500 steps carry that far). `shipped_dir=null`
+always builds. After changing the default's settings, build and ship the new one:
+
+    python -m visd_exp.models.warm_start [overrides of the train config]
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +49,17 @@ FRAME_KEYS = (
 )
 
 
+# Where things go, not what is built: left out of the key, so a key is the same in every clone.
+PLACEMENT_KEYS = ("data_dir", "shipped_dir")
+
+
 def warm_start_key(base_dir: Path, warm_cfg, data_cfg) -> str:
+    settings = OmegaConf.to_container(warm_cfg, resolve=True)
     blob = json.dumps(
         {
             "version": WARM_START_VERSION,
             "base": Path(base_dir).name,
-            "warm_start": OmegaConf.to_container(warm_cfg, resolve=True),
+            "warm_start": {k: v for k, v in settings.items() if k not in PLACEMENT_KEYS},
             "frames": {k: data_cfg.get(k) for k in FRAME_KEYS},
         },
         sort_keys=True,
@@ -184,11 +199,52 @@ def ensure_warm_start(base_dir: Path, warm_cfg, data_cfg, cache_dir: Path, data_
     final = Path(cache_dir) / f"{Path(base_dir).name}-sft-{warm_start_key(base_dir, warm_cfg, data_cfg)}"
     if (final / "warm_start.json").exists():
         return final
+    shipped_dir = warm_cfg.get("shipped_dir")
+    shipped = Path(shipped_dir) / final.name if shipped_dir else None
     with file_lock(str(final) + ".lock"):
         if (final / "warm_start.json").exists():
+            return final
+        if shipped is not None and (shipped / "warm_start.json").is_file():
+            log.info("warm start: the shipped %s (model.warm_start.shipped_dir=null builds it)", shipped)
+            with atomic_directory(final) as tmp:
+                shutil.copytree(shipped, tmp, dirs_exist_ok=True)
             return final
         log.info("building the SFT warm start (%d steps) into %s", warm_cfg.steps, final)
         with atomic_directory(final) as tmp, kept_rng_state():
             losses = build_warm_start(Path(base_dir), tmp, warm_cfg, data_cfg, Path(data_root))
         log.info("warm start done: loss %.3f -> %.3f", losses[0], losses[-1])
     return final
+
+
+def ship(built: Path, shipped_dir: Path, root: Path) -> Path:
+    """Copy a built start into shipped_dir; paths in its record are made relative to the project root."""
+    target = Path(shipped_dir) / built.name
+    with atomic_directory(target) as tmp:
+        shutil.copytree(built, tmp, dirs_exist_ok=True)
+        record = tmp / "warm_start.json"
+        record.write_text(record.read_text().replace(str(root) + "/", ""))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the (default) train config's warm start without the shipped copy, then ship it."""
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    from visd_exp.models.loading import resolve_model_path
+    from visd_exp.utils.setup import find_project_root
+
+    root = find_project_root()
+    os.environ.setdefault("PROJECT_ROOT", str(root))
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(sys.argv[1:] if argv is None else argv))
+    shipped_dir = cfg.model.warm_start.shipped_dir
+    cfg.model.warm_start.shipped_dir = None  # the cache is keyed without it: a cached build is reused
+    built = Path(resolve_model_path(cfg.model, cfg.data))
+    print(f"shipped {built.name} to {ship(built, Path(shipped_dir), root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
