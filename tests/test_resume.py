@@ -30,6 +30,7 @@ def overrides(cache_dir, out_dir, *extra) -> list[str]:
         "callbacks.model_checkpoint.every_n_train_steps=2",
         "callbacks.validation.every_n_steps=3",
         "callbacks.validation.max_samples=2",
+        "callbacks.validation.sampled.num_generations=2",  # sampled validation resumes exactly too
         "dumps.credit_every_n_steps=0",
         *fast("trainer.max_steps", "callbacks.model_checkpoint"),
         *shared_paths(cache_dir, out_dir),
@@ -94,6 +95,7 @@ def test_kill_and_resume_is_exact(cache_dir, tmp_path, accumulate, extra):
     first = {"train": 4 * accumulate, "val": 4}  # the first row after the step-4 checkpoint
     later = [k for k in expected if int(k.split(":")[1]) >= first[k.split(":")[0]]]
     assert later and sorted(later) == sorted(got)
+    assert any("val/sampled/reward/total" in expected[k] for k in later)
     for key in later:
         assert got[key] == expected[key], key
 

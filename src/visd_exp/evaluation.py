@@ -74,16 +74,27 @@ def score_prediction(completion: str, sample: Mapping) -> dict:
 
 
 @torch.no_grad()
-def predict(model, processor, batches: Iterable[dict], max_completion_length: int) -> Iterator[dict]:
-    """Greedy (deterministic) completion of each prompt, scored: one row per sample."""
+def predict(
+    model, processor, batches: Iterable[dict], max_completion_length: int, sampling: Mapping | None = None
+) -> Iterator[dict]:
+    """Greedy (deterministic) completion of each prompt, scored: one row per sample.
+
+    `sampling` ({num_generations, temperature, top_p, top_k}) samples num_generations completions per
+    prompt instead, as the rollouts do: num_generations rows per sample, in the prompt's order. The
+    caller owns the RNG (seed it for numbers that repeat)."""
     from visd_exp.models import vision_token_ids
     from visd_exp.rollout.generation import generate_rollouts
 
-    greedy = {"num_generations": 1, "do_sample": False, "max_completion_length": int(max_completion_length)}
+    if sampling is None:
+        how = {"num_generations": 1, "do_sample": False}
+    else:
+        how = {"do_sample": True, "top_p": 1.0, "top_k": 0, **sampling}
+    how = OmegaConf.create({**how, "max_completion_length": int(max_completion_length)})
     suppress = vision_token_ids(processor.tokenizer)
     for batch in batches:
-        rollouts = generate_rollouts(model, processor, batch, OmegaConf.create(greedy), suppress)
-        for text, sample in zip(rollouts.texts, batch["samples"]):
+        rollouts = generate_rollouts(model, processor, batch, how, suppress)
+        samples = [s for s in batch["samples"] for _ in range(how.num_generations)]  # Eq. 14's row layout
+        for text, sample in zip(rollouts.texts, samples, strict=True):
             yield score_prediction(text, sample)
 
 

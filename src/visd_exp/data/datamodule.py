@@ -315,8 +315,11 @@ class VideoQADataModule(L.LightningDataModule):
             if split not in self.datasets and (dataset := self.build_split(split)) is not None:
                 self.datasets[split] = dataset
 
-    def loader(self, split: str, shuffle: bool) -> DataLoader:
-        """A loader over a built split; shuffle=True is the resumable training order."""
+    def loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        """A loader over a built split; shuffle=True is the resumable training order. `batch_size`
+        (unshuffled only): other than data.batch_size, e.g. for validation's generation."""
+        if shuffle and batch_size is not None:
+            raise ValueError("the training order is defined over data.batch_size batches")
         pad = self.processor.tokenizer.pad_token_id
         sampler = None
         if shuffle:
@@ -329,7 +332,7 @@ class VideoQADataModule(L.LightningDataModule):
             sampler.start(self.batches_seen)
         return DataLoader(
             self.datasets[split],
-            batch_size=self.cfg.batch_size,
+            batch_size=batch_size or self.cfg.batch_size,
             sampler=sampler,
             shuffle=False,
             drop_last=shuffle,
