@@ -1,21 +1,25 @@
 """What a VISD step costs over a GRPO step, on the same seed and data (issue: "VISD within 15% of GRPO").
 
-Runs `python -m visd_exp.train` for each variant, one after the other, on the tiny default (or --size
-tiny for a smoke run), with validation, checkpoints and credit dumps off, then reads each run's
-per-step timings from its metrics.csv (median over the steps after --skip):
+Runs `python -m visd_exp.train` for each variant on the tiny default (or --size tiny for a smoke run),
+with validation, checkpoints and credit dumps off, in --rounds rounds (each round runs every variant
+once, the order rotated, so a slow stretch of the machine hits each variant alike: identical runs on
+these shared cores differ by up to 15% run to run), then reads each run's per-step timings from its
+metrics.csv (median over the steps after --skip):
 
     visd          the default (EMA teacher, top-K credit, rule judge, lambda 0.5)
     visd_lambda0  the same with lambda = 0 from the start: no judge call and no teacher replay may run
     grpo          +experiment=grpo (no teacher, no judge)
 
-and reports
+and reports, each the median over rounds of the round's ratio (the per-round values beside it)
     within_run_ratio   VISD step / (step - teacher - judge), medians of the same run: what the teacher
                        replay and the judge add to a step (target <= 1.15)
-    lambda0_vs_grpo    VISD with lambda = 0 / GRPO, median step times (target <= 1.03)
-    visd_vs_grpo       VISD / GRPO, median step times, side by side
+    lambda0_vs_grpo    VISD with lambda = 0 / GRPO, median step times (target <= 1.03); the two train
+                       the same tokens (same seed, no replay at lambda = 0), so this is pure overhead
+    visd_vs_grpo       VISD / GRPO, median step times, side by side (their rollouts' lengths part once
+                       the policies differ: completions/mean_length is reported per variant)
 Writes bench/results/step_overhead.json.
 
-    .venv/bin/python bench/step_overhead.py [--steps 40] [--skip 5] [--seed 0] [--size default|tiny]
+    .venv/bin/python bench/step_overhead.py [--steps 40] [--skip 5] [--rounds 3] [--seed 0] [--size default|tiny]
 """
 
 from __future__ import annotations
@@ -83,7 +87,21 @@ def summarise(rows: list[dict], skip: int) -> dict:
         "step_s": median(rows, "step_time"),
         "step_without_teacher_and_judge_s": statistics.median(base),
         **{f"{k.split('/')[1]}_s": median(rows, k) for k in ("timing/rollout", "timing/reward", "timing/judge", "timing/teacher", "timing/update")},
+        "completion_mean_length": statistics.fmean(float(r["completions/mean_length"]) for r in rows),
     }  # fmt: skip
+
+
+def ratios_of(results: dict) -> dict:
+    """The three ratios of one round's runs (those whose variants ran)."""
+    out = {}
+    if "visd" in results:
+        v = results["visd"]
+        out["within_run_ratio"] = v["step_s"] / v["step_without_teacher_and_judge_s"]
+    if "grpo" in results:
+        for name, key in (("visd", "visd_vs_grpo"), ("visd_lambda0", "lambda0_vs_grpo")):
+            if name in results:
+                out[key] = results[name]["step_s"] / results["grpo"]["step_s"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
+    parser.add_argument("--rounds", type=int, default=3, help="each runs every variant once, rotated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=("default", "tiny"), default="default")
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -105,24 +124,27 @@ def main(argv: list[str] | None = None) -> dict:
         *QUIET,
         *(TINY if args.size == "tiny" else []),
     ]
-    results = {}
-    for name in args.variants.split(","):
-        start = time.perf_counter()
-        rows = run(name, [*VARIANTS[name], *common, *args.overrides], work / name, work / f"{name}.log")
-        results[name] = {**summarise(rows, args.skip), "wall_s": time.perf_counter() - start}
-        print(f"{name}: median step {results[name]['step_s']:.3f} s", flush=True)
-    ratios = {}
-    if "visd" in results:
-        v = results["visd"]
-        ratios["within_run_ratio"] = v["step_s"] / v["step_without_teacher_and_judge_s"]
-    if "grpo" in results:
-        for name in ("visd", "visd_lambda0"):
-            if name in results:
-                key = "visd_vs_grpo" if name == "visd" else "lambda0_vs_grpo"
-                ratios[key] = results[name]["step_s"] / results["grpo"]["step_s"]
+    names = args.variants.split(",")
+    rounds = []  # per round: {variant: its run's summary}
+    for r in range(args.rounds):
+        results = {}
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
+            start = time.perf_counter()
+            out = work / f"{name}_{r}"
+            rows = run(name, [*VARIANTS[name], *common, *args.overrides], out, work / f"{name}_{r}.log")
+            results[name] = {**summarise(rows, args.skip), "wall_s": time.perf_counter() - start}
+            print(f"round {r} {name}: median step {results[name]['step_s']:.3f} s", flush=True)
+        rounds.append(results)
+    per_round = [ratios_of(results) for results in rounds]
+    ratios = {k: statistics.median(p[k] for p in per_round) for k in per_round[0]}
+    variants = {  # each figure: the median over rounds
+        name: {k: statistics.median(rd[name][k] for rd in rounds) for k in rounds[0][name]} for name in names
+    }
     result = {
-        "variants": results,
+        "variants": variants,
         **ratios,
+        "per_round": per_round,
+        "rounds": args.rounds,
         "targets": {"within_run_ratio": 1.15, "lambda0_vs_grpo": 1.03},
         "steps": args.steps,
         "skip": args.skip,

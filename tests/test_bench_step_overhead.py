@@ -33,6 +33,8 @@ def test_step_overhead_bench_runs(tmp_path, cache_dir):
             "1",
             "--variants",
             "visd,grpo",
+            "--rounds",
+            "1",
             "--out",
             str(out),
             *paths,
@@ -47,3 +49,5 @@ def test_step_overhead_bench_runs(tmp_path, cache_dir):
         visd["step_s"] / visd["step_without_teacher_and_judge_s"]
     )
     assert result["visd_vs_grpo"] == pytest.approx(visd["step_s"] / grpo["step_s"])
+    assert result["per_round"] == [{k: result[k] for k in ("within_run_ratio", "visd_vs_grpo")}]
+    assert visd["completion_mean_length"] > 0

@@ -55,7 +55,7 @@ def case(tiny, tmp_path_factory):
 def update(case, size):
     model, teacher, rollouts, inputs, advantages = case
     C = rollouts.completion_ids.shape[1]
-    replay = TeacherReplay(inputs, lambda x: teacher_logits(teacher, x, C), CREDIT, lam=0.5)
+    replay = TeacherReplay(inputs, lambda x, images: teacher_logits(teacher, x, C, images), CREDIT, lam=0.5)
     model.zero_grad(set_to_none=True)
     out = policy_update(
         model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=size, replay=replay
@@ -185,6 +185,10 @@ def accumulated_gradient(cache_dir, out_dir, monkeypatch, batch_size: int, accum
     from visd_exp.train import train
 
     monkeypatch.setattr(grpo, "generate_rollouts", fixed_rollouts)
+    # SFTModule (the warm start, when this test builds it) binds VISDModule's optimizer step at import:
+    # import it before the spy replaces that step, or the warm start's steps are counted too
+    import visd_exp.sft  # noqa: F401
+
     steps, batches = [], []
 
     def step_spy(self, optimizer, scheduler):

@@ -69,7 +69,9 @@ class TeacherReplay:
     """What the VISD credit needs: the teacher's inputs for all N rollouts and how to score a micro-batch."""
 
     inputs: dict  # teacher_inputs(...) for every rollout: privileged prompt + the same completion tokens
-    forward: Callable[[dict], torch.Tensor]  # micro-batch inputs -> [n, C, V] teacher logits (no grad)
+    forward: Callable[
+        [dict, list[int] | None], torch.Tensor
+    ]  # (micro-batch inputs, images per row) -> [n, C, V]
     credit: Any  # the `credit` config node (name, k, eps_w, chunk_size)
     lam: float  # lambda of Eq. 7
 
@@ -124,7 +126,8 @@ def policy_update(
         t_logits = None
         if replay is not None:
             with watch("teacher") if watch else contextlib.nullcontext():
-                t_logits = replay.forward(select_rows(replay.inputs, rows, rollouts.images_per_row))
+                images = rollouts.images_per_row[rows] if rollouts.images_per_row else None
+                t_logits = replay.forward(select_rows(replay.inputs, rows, rollouts.images_per_row), images)
         with watch("update") if watch else contextlib.nullcontext():
             lp, logits = policy_logprobs(model, part, temperature)  # [n, C] with grad, [n, C, V]
             if replay is not None:  # VISD: the teacher's credit on this micro-batch's tokens

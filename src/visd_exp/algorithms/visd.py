@@ -58,9 +58,12 @@ class VISDCredit:
         return teacher_inputs(self.processor, rollouts, samples, blocks, grids)
 
     def teacher_forward(self, student, rollouts):
-        """Micro-batch teacher inputs -> [n, C, V] teacher logits at the completion positions (no grad)."""
+        """(micro-batch teacher inputs, its rows' image counts) -> [n, C, V] teacher logits at the completion
+        positions (no grad)."""
         completion_len = rollouts.completion_ids.shape[1]
-        return lambda inputs: teacher_logits(self.teacher.model(student), inputs, completion_len)
+        return lambda inputs, images_per_row=None: teacher_logits(
+            self.teacher.model(student), inputs, completion_len, images_per_row
+        )
 
     def replay(self, student, rollouts, samples: list[dict], lam: float, watch):
         """(TeacherReplay for policy_update, the feedback) of this step's loss rows."""
@@ -97,8 +100,9 @@ class VISDCredit:
         # credit function with the feedback teacher as "teacher" and the answer-only teacher as "student".
         d_judge = torch.zeros(part.completion_ids.shape, dtype=torch.float32)
         for sub in micro_slices(m, self.micro_batch_size):
-            t_fb = forward(select_rows(with_feedback, sub, part.images_per_row))
-            t_ans = forward(select_rows(answer_only, sub, part.images_per_row))
+            images = part.images_per_row[sub]
+            t_fb = forward(select_rows(with_feedback, sub, part.images_per_row), images)
+            t_ans = forward(select_rows(answer_only, sub, part.images_per_row), images)
             d_judge[sub] = log_ratio(
                 self.cfg.credit, t_fb, t_ans, part.completion_ids[sub], part.completion_mask[sub],
                 self.cfg.algorithm.temperature,

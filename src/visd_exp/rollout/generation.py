@@ -17,6 +17,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from visd_exp.distributed.zero import generate_sync_kwargs
+from visd_exp.models.shared_vision import forward_with_shared_vision
 from visd_exp.objectives import selective_log_softmax
 
 
@@ -208,6 +209,13 @@ def policy_logprobs(model, rollouts: RolloutBatch, temperature: float) -> tuple[
     """Log-probs of the completion tokens under `model` (with grad) and their logits [N, C, V]."""
     completion_len = rollouts.completion_ids.shape[1]
     # logits_to_keep = C + 1: the last prompt position predicts the first completion token.
-    out = model(**rollouts.model_inputs(), logits_to_keep=completion_len + 1, use_cache=False)
+    # The G rollouts of a prompt share one vision-tower pass (models/shared_vision.py).
+    out = forward_with_shared_vision(
+        model,
+        rollouts.model_inputs(),
+        rollouts.images_per_row,
+        logits_to_keep=completion_len + 1,
+        use_cache=False,
+    )
     logits = out.logits[:, :-1]
     return selective_log_softmax(logits, rollouts.completion_ids, temperature), logits

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from visd_exp.data.prompts import render_prompt
+from visd_exp.models.shared_vision import forward_with_shared_vision
 from visd_exp.rollout.generation import RolloutBatch
 
 
@@ -65,12 +66,17 @@ def teacher_inputs(
 
 
 @torch.no_grad()
-def teacher_logits(teacher_model, inputs: dict, completion_len: int) -> torch.Tensor:
-    """[N, C, V] logits of the teacher at the completion positions (logits[:, t] scores token t)."""
+def teacher_logits(
+    teacher_model, inputs: dict, completion_len: int, images_per_row: list[int] | None = None
+) -> torch.Tensor:
+    """[N, C, V] logits of the teacher at the completion positions (logits[:, t] scores token t).
+    images_per_row: the rows' image counts, so that the G rollouts of a prompt share one vision pass."""
     was_training = teacher_model.training
     teacher_model.eval()
     try:
-        out = teacher_model(**inputs, logits_to_keep=completion_len + 1, use_cache=False)
+        out = forward_with_shared_vision(
+            teacher_model, inputs, images_per_row, logits_to_keep=completion_len + 1, use_cache=False
+        )
     finally:
         teacher_model.train(was_training)
     return out.logits[:, :-1]

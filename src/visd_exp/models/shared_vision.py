@@ -1,0 +1,73 @@
+"""One vision-tower pass per distinct prompt: the G rollouts of a prompt (Eq. 14's rows) carry G copies of
+its frames, and the student's update, the old-log-prob recompute and the teacher replay would otherwise
+encode every copy. Rows whose images equal an earlier row's (same grids, same pixels) reuse its image
+features, handed to the model as `mm_encoder_outputs`; the language model sees exactly what it saw
+before, and the gradient that reaches the vision tower is the sum over the copies, as before.
+
+    logits = forward_with_shared_vision(model, inputs, images_per_row, logits_to_keep=..., use_cache=False)
+
+Rows with other frames (T-GRPO's shuffled rollouts, another prompt) are encoded on their own.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+
+def row_slices(image_grid_thw: torch.Tensor, images_per_row: list[int]) -> tuple[list[slice], list[slice]]:
+    """Per row: its slice of the images (grid rows) and of the concatenated patches (pixel rows)."""
+    patches = image_grid_thw.prod(-1).tolist()
+    images, pixels, image, pixel = [], [], 0, 0
+    for n in images_per_row:
+        count = int(sum(patches[image : image + n]))
+        images.append(slice(image, image + n))
+        pixels.append(slice(pixel, pixel + count))
+        image, pixel = image + n, pixel + count
+    return images, pixels
+
+
+def image_sources(pixel_values, image_grid_thw, images_per_row: list[int]) -> list[int]:
+    """sources[r]: the first row whose images equal row r's (r itself when its images are new).
+
+    Only the previous distinct row is compared: repeats are contiguous (rollout/generation.py repeats
+    each prompt G times in a row), so the check is linear and never misses a repeat of that layout."""
+    images, pixels = row_slices(image_grid_thw, images_per_row)
+    sources: list[int] = []
+    last = None
+    for r in range(len(images_per_row)):
+        same = (
+            last is not None
+            and torch.equal(image_grid_thw[images[r]], image_grid_thw[images[last]])
+            and torch.equal(pixel_values[pixels[r]], pixel_values[pixels[last]])
+        )
+        if not same:
+            last = r
+        sources.append(last)
+    return sources
+
+
+def forward_with_shared_vision(model, inputs: dict, images_per_row: list[int] | None, **kwargs):
+    """model(**inputs, **kwargs), encoding each distinct row's images once."""
+    pixel_values = inputs.get("pixel_values")
+    if images_per_row is None or pixel_values is None or len(images_per_row) < 2:
+        return model(**inputs, **kwargs)
+    grids = inputs["image_grid_thw"]
+    sources = image_sources(pixel_values, grids, images_per_row)
+    distinct = sorted(set(sources))
+    if len(distinct) == len(sources):
+        return model(**inputs, **kwargs)
+    images, pixels = row_slices(grids, images_per_row)
+    encoded = model.get_image_features(
+        torch.cat([pixel_values[pixels[r]] for r in distinct]),
+        torch.cat([grids[images[r]] for r in distinct]),
+        return_dict=True,
+    ).pooler_output  # one [tokens, hidden] tensor per image of the distinct rows
+    per_row, start = {}, 0
+    for r in distinct:
+        per_row[r] = encoded[start : start + images_per_row[r]]
+        start += images_per_row[r]
+    features = tuple(f for r in range(len(sources)) for f in per_row[sources[r]])
+    rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    shared = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+    return model(**rest, mm_encoder_outputs=shared, **kwargs)
