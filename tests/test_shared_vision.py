@@ -82,3 +82,19 @@ def test_rows_that_all_differ_take_the_plain_path(tiny, rollouts):
         plain = model(**inputs, logits_to_keep=4).logits
         shared = forward_with_shared_vision(model, inputs, part.images_per_row, logits_to_keep=4).logits
     assert torch.equal(plain, shared)
+
+
+def test_the_rollouts_prefill_encodes_each_prompt_once(tiny, tmp_path):
+    from conftest import write_square_video
+
+    model, processor = tiny
+    batch = make_batch(processor, write_square_video(tmp_path / "v.mp4"))
+    patches = []
+    handle = model.model.visual.register_forward_hook(lambda m, args, out: patches.append(args[0].shape[0]))
+    try:
+        torch.manual_seed(0)
+        rollouts = generate_rollouts(model, processor, batch, ALGO, vision_token_ids(processor.tokenizer))
+    finally:
+        handle.remove()
+    assert patches == [sum(pv.shape[0] for pv in batch["pixel_values"])]  # once, not G times
+    assert rollouts.pixel_values.shape[0] == ALGO.num_generations * patches[0]  # the update still gets rows

@@ -1,10 +1,11 @@
 """One vision-tower pass per distinct prompt: the G rollouts of a prompt (Eq. 14's rows) carry G copies of
-its frames, and the student's update, the old-log-prob recompute and the teacher replay would otherwise
-encode every copy. Rows whose images equal an earlier row's (same grids, same pixels) reuse its image
+its frames, and the rollouts' prefill, the student's update, the old-log-prob recompute and the teacher
+replay would otherwise encode every copy. Rows whose images equal an earlier row's (same grids, same pixels) reuse its image
 features, handed to the model as `mm_encoder_outputs`; the language model sees exactly what it saw
 before, and the gradient that reaches the vision tower is the sum over the copies, as before.
 
     logits = forward_with_shared_vision(model, inputs, images_per_row, logits_to_keep=..., use_cache=False)
+    model.generate(**without_pixels(inputs, images_per_row, model), ...)   # the prefill shares them too
 
 Rows with other frames (T-GRPO's shuffled rollouts, another prompt) are encoded on their own.
 """
@@ -47,20 +48,19 @@ def image_sources(pixel_values, image_grid_thw, images_per_row: list[int]) -> li
     return sources
 
 
-def forward_with_shared_vision(model, inputs: dict, images_per_row: list[int] | None, **kwargs):
-    """model(**inputs, **kwargs), encoding each distinct row's images once."""
-    pixel_values = inputs.get("pixel_values")
+def shared_image_features(model, pixel_values, image_grid_thw, images_per_row: list[int] | None):
+    """`mm_encoder_outputs` for the rows ({"image": features of every image, row after row}) with each
+    distinct row's images encoded once; None when no row repeats an earlier one (nothing to share)."""
     if images_per_row is None or pixel_values is None or len(images_per_row) < 2:
-        return model(**inputs, **kwargs)
-    grids = inputs["image_grid_thw"]
-    sources = image_sources(pixel_values, grids, images_per_row)
+        return None
+    sources = image_sources(pixel_values, image_grid_thw, images_per_row)
     distinct = sorted(set(sources))
     if len(distinct) == len(sources):
-        return model(**inputs, **kwargs)
-    images, pixels = row_slices(grids, images_per_row)
+        return None
+    images, pixels = row_slices(image_grid_thw, images_per_row)
     encoded = model.get_image_features(
         torch.cat([pixel_values[pixels[r]] for r in distinct]),
-        torch.cat([grids[images[r]] for r in distinct]),
+        torch.cat([image_grid_thw[images[r]] for r in distinct]),
         return_dict=True,
     ).pooler_output  # one [tokens, hidden] tensor per image of the distinct rows
     per_row, start = {}, 0
@@ -68,6 +68,19 @@ def forward_with_shared_vision(model, inputs: dict, images_per_row: list[int] | 
         per_row[r] = encoded[start : start + images_per_row[r]]
         start += images_per_row[r]
     features = tuple(f for r in range(len(sources)) for f in per_row[sources[r]])
-    rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
-    shared = {"image": BaseModelOutputWithPooling(pooler_output=features)}
-    return model(**rest, mm_encoder_outputs=shared, **kwargs)
+    return {"image": BaseModelOutputWithPooling(pooler_output=features)}
+
+
+def without_pixels(inputs: dict, images_per_row: list[int] | None, model) -> dict:
+    """The inputs with `pixel_values` replaced by shared `mm_encoder_outputs` when rows repeat images."""
+    shared = shared_image_features(
+        model, inputs.get("pixel_values"), inputs.get("image_grid_thw"), images_per_row
+    )
+    if shared is None:
+        return inputs
+    return {**{k: v for k, v in inputs.items() if k != "pixel_values"}, "mm_encoder_outputs": shared}
+
+
+def forward_with_shared_vision(model, inputs: dict, images_per_row: list[int] | None, **kwargs):
+    """model(**inputs, **kwargs), encoding each distinct row's images once."""
+    return model(**without_pixels(inputs, images_per_row, model), **kwargs)

@@ -17,7 +17,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from visd_exp.distributed.zero import generate_sync_kwargs
-from visd_exp.models.shared_vision import forward_with_shared_vision
+from visd_exp.models.shared_vision import forward_with_shared_vision, without_pixels
 from visd_exp.objectives import selective_log_softmax
 
 
@@ -149,6 +149,7 @@ def completion_mask_from(ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Te
 def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: list[int]) -> RolloutBatch:
     """Sample `cfg.num_generations` completions per prompt of a collated batch."""
     inputs = repeat_prompts(batch, cfg.num_generations)
+    images_per_row = [len(thw) for thw in batch["image_grid_thw"] for _ in range(cfg.num_generations)]
     tokenizer = processor.tokenizer
     was_training = model.training
     model.eval()
@@ -166,7 +167,7 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
                 "top_k": cfg.get("top_k", 0),
             }
         out = model.generate(
-            **inputs,
+            **without_pixels(inputs, images_per_row, model),  # a prompt's G copies: one vision pass
             **sampling,
             max_new_tokens=cfg.max_completion_length,
             suppress_tokens=suppress_token_ids,
@@ -201,7 +202,7 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
         old_logprobs=old_logprobs,
         truncated=truncated,
         texts=texts,
-        images_per_row=[len(thw) for thw in batch["image_grid_thw"] for _ in range(cfg.num_generations)],
+        images_per_row=images_per_row,
     )
 
 
