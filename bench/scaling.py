@@ -12,7 +12,7 @@ is one forward of the prompt.
 
 Two sweeps, each setting in a fresh subprocess (seconds of the step, peak RSS and the RSS rise during
 the step, measured as in memory.py):
-    frames      4, 8, 16 frames of 56 x 56 (4 vision tokens each, as the tiny default) at 256 tokens
+    frames      4, 8, 16 frames of 224 x 224 (64 vision tokens each) at 256 completion tokens
     completion  64, 128, 256, 512, 768 completion tokens at 8 frames
 and the growth fitted by least squares on log-log axes: seconds ~ x^b (b = 1: linear, 2: quadratic),
 with the fitted line seconds = a + c x beside it.
@@ -43,11 +43,15 @@ COMPLETIONS = [64, 128, 256, 512, 768]
 BASE_FRAMES, BASE_COMPLETION = 8, 256
 TINY = {"frames": [2, 4], "completions": [8, 16], "base_frames": 2, "base_completion": 8}
 TEXT_BEFORE, TEXT_AFTER = 16, 32  # prompt text around the frames (the tiny prompts' question and template)
-TOKENS_PER_FRAME = 4  # memory.GRID (1, 4, 4) after the 2 x 2 merge
+# Frames of 224 x 224: a 16 x 16 patch grid, 64 vision tokens after the 2 x 2 merge (Open-o3-Video's
+# per-frame budget allows up to 128; the tiny default's 56 x 56 frames have 4, too few to show a trend)
+GRID = (1, 16, 16)
+TOKENS_PER_FRAME = math.prod(GRID) // 4
 
 
 def prompt_ids(frames: int, vocab: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """[1, P]: text, then per frame <vision_start> 4 x <image_pad> <vision_end>, then text; mm type ids."""
+    """[1, P]: text, then per frame <vision_start>, TOKENS_PER_FRAME x <image_pad>, <vision_end>, then text;
+    and the mm type ids."""
     parts = [torch.randint(memory.FIRST_TEXT, vocab, (TEXT_BEFORE,), generator=generator)]
     for _ in range(frames):
         parts.append(
@@ -76,9 +80,8 @@ def build_step(size: dict, frames: int, completion: int):
     for i in range(n):  # rows of different lengths, as sampled rollouts are
         mask[i, completion - i * (completion // 8) :] = 0
     ids = ids.masked_fill(mask == 0, memory.PAD)
-    patches = math.prod(memory.GRID)
-    pixels = torch.randn(n * frames * patches, 3 * 2 * 14 * 14, generator=g)
-    grids = torch.tensor([memory.GRID] * (n * frames))
+    pixels = torch.randn(n * frames * math.prod(GRID), 3 * 2 * 14 * 14, generator=g)
+    grids = torch.tensor([GRID] * (n * frames))
     rollouts = RolloutBatch(
         prompt_ids=prompt,
         prompt_mask=torch.ones_like(prompt),

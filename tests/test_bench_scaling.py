@@ -21,8 +21,8 @@ def test_scaling_bench_runs_both_sweeps_and_fits_them(tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
     frames, completion = result["sweeps"]["frames"], result["sweeps"]["completion"]
     assert [r["frames"] for r in frames] == [2, 4] and [r["completion"] for r in completion] == [8, 16]
-    # the prompt holds each frame's <vision_start>, 4 pads and <vision_end> between 48 text tokens
-    assert [r["prompt_tokens"] for r in frames] == [48 + 6 * 2, 48 + 6 * 4]
+    # the prompt holds each frame's <vision_start>, 64 pads and <vision_end> between 48 text tokens
+    assert [r["prompt_tokens"] for r in frames] == [48 + 66 * 2, 48 + 66 * 4]
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in frames + completion)
     for sweep in ("frames", "completion"):
         assert set(result["growth"][sweep]) == {"seconds", "step_peak_rise_mib"}
