@@ -108,8 +108,12 @@ def prompt_rows(n: int, length: int, vocab: int, generator) -> tuple[torch.Tenso
     return ids, (ids == IMAGE_PAD).long()
 
 
-def build_step(size: dict):
-    """Student, teacher, rollouts of N x C tokens, the teacher's replay inputs and the advantages."""
+def build_step(size: dict, completion: int | None = None, images: int = 1, grid=GRID, prompt=None):
+    """Student, teacher, rollouts of N x C tokens, the teacher's replay inputs and the advantages.
+
+    completion: C (default: the size's); images: per prompt, each of `grid` patches; prompt: generator ->
+    ([1, P] ids, their mm type ids) with images x the grid's merged tokens of <image_pad> (default: 64
+    tokens around one image, prompt_rows). bench/scaling.py varies them."""
     from visd_exp.rollout.generation import RolloutBatch
 
     model = build_model(size)
@@ -118,33 +122,34 @@ def build_step(size: dict):
         for p in teacher.parameters():
             p.add_(1e-2 * torch.randn_like(p))
     g = torch.Generator().manual_seed(1)
-    C, V = size["completion"], size["vocab"]
-    prompt, mm = prompt_rows(1, PROMPT, V, g)
+    C, V = completion or size["completion"], size["vocab"]
+    prompt, mm = prompt(g) if prompt is not None else prompt_rows(1, PROMPT, V, g)
     prompt, mm = prompt.repeat(N, 1), mm.repeat(N, 1)  # G = 4 rollouts of one prompt
-    completion = torch.randint(FIRST_TEXT, V, (N, C), generator=g)
+    ids = torch.randint(FIRST_TEXT, V, (N, C), generator=g)
     mask = torch.ones(N, C, dtype=torch.long)
     for i in range(N):  # rows of different lengths (right padding after the end)
         mask[i, C - i * (C // 8) :] = 0
-    completion = completion.masked_fill(mask == 0, PAD)
-    pixels = torch.randn(N * 16, 3 * 2 * 14 * 14, generator=g)
-    grids = torch.tensor([GRID] * N)
+    ids = ids.masked_fill(mask == 0, PAD)
+    patches = grid[0] * grid[1] * grid[2]
+    pixels = torch.randn(N * images * patches, 3 * 2 * 14 * 14, generator=g)
+    grids = torch.tensor([grid] * (N * images))
     rollouts = RolloutBatch(
         prompt_ids=prompt,
         prompt_mask=torch.ones_like(prompt),
         mm_token_type_ids=mm,
         pixel_values=pixels,
         image_grid_thw=grids,
-        completion_ids=completion,
+        completion_ids=ids,
         completion_mask=mask,
         old_logprobs=torch.zeros(N, C),
         truncated=torch.zeros(N, dtype=torch.bool),
         texts=[""] * N,
-        images_per_row=[1] * N,
+        images_per_row=[images] * N,
     )
     block = torch.randint(FIRST_TEXT, V, (N, PRIVILEGED), generator=g)  # the privileged block r, as tokens
     t_prompt = torch.cat([prompt, block], dim=1)
     inputs = {
-        "input_ids": torch.cat([t_prompt, completion], dim=1),
+        "input_ids": torch.cat([t_prompt, ids], dim=1),
         "attention_mask": torch.cat([torch.ones_like(t_prompt), mask], dim=1),
         "mm_token_type_ids": torch.cat(
             [torch.cat([mm, torch.zeros_like(block)], 1), torch.zeros_like(mask)], 1

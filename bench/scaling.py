@@ -21,7 +21,6 @@ with the fitted line seconds = a + c x beside it.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -63,50 +62,10 @@ def prompt_ids(frames: int, vocab: int, generator) -> tuple[torch.Tensor, torch.
 
 
 def build_step(size: dict, frames: int, completion: int):
-    """memory.build_step with `frames` images per prompt and `completion` tokens per rollout."""
-    from visd_exp.rollout.generation import RolloutBatch
-
-    n = memory.N
-    model = memory.build_model(size)
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(1e-2 * torch.randn_like(p))
-    g = torch.Generator().manual_seed(1)
-    prompt, mm = prompt_ids(frames, size["vocab"], g)
-    prompt, mm = prompt.repeat(n, 1), mm.repeat(n, 1)
-    ids = torch.randint(memory.FIRST_TEXT, size["vocab"], (n, completion), generator=g)
-    mask = torch.ones(n, completion, dtype=torch.long)
-    for i in range(n):  # rows of different lengths, as sampled rollouts are
-        mask[i, completion - i * (completion // 8) :] = 0
-    ids = ids.masked_fill(mask == 0, memory.PAD)
-    pixels = torch.randn(n * frames * math.prod(GRID), 3 * 2 * 14 * 14, generator=g)
-    grids = torch.tensor([GRID] * (n * frames))
-    rollouts = RolloutBatch(
-        prompt_ids=prompt,
-        prompt_mask=torch.ones_like(prompt),
-        mm_token_type_ids=mm,
-        pixel_values=pixels,
-        image_grid_thw=grids,
-        completion_ids=ids,
-        completion_mask=mask,
-        old_logprobs=torch.zeros(n, completion),
-        truncated=torch.zeros(n, dtype=torch.bool),
-        texts=[""] * n,
-        images_per_row=[frames] * n,
+    """memory.build_step with `frames` images of GRID per prompt and `completion` tokens per rollout."""
+    return memory.build_step(
+        size, completion, images=frames, grid=GRID, prompt=lambda g: prompt_ids(frames, size["vocab"], g)
     )
-    block = torch.randint(memory.FIRST_TEXT, size["vocab"], (n, memory.PRIVILEGED), generator=g)
-    t_prompt = torch.cat([prompt, block], dim=1)
-    inputs = {
-        "input_ids": torch.cat([t_prompt, ids], dim=1),
-        "attention_mask": torch.cat([torch.ones_like(t_prompt), mask], dim=1),
-        "mm_token_type_ids": torch.cat(
-            [torch.cat([mm, torch.zeros_like(block)], 1), torch.zeros_like(mask)], 1
-        ),
-        "pixel_values": pixels,
-        "image_grid_thw": grids,
-    }
-    return model, teacher, rollouts, inputs, torch.tensor([1.0, -0.5, 0.3, -0.8])
 
 
 def child(size_name: str, frames: int, completion: int, micro_batch_size: int, threads: int) -> None:
@@ -178,8 +137,11 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(9, 7))
-    for col, (sweep, key, label) in enumerate(
-        [("frames", "frames", "frames per prompt"), ("completion", "completion", "completion tokens")]
+    for col, (sweep, key, label, per) in enumerate(
+        [
+            ("frames", "frames", "frames per prompt", "frame"),
+            ("completion", "completion", "completion tokens", "token"),
+        ]
     ):
         runs = result["sweeps"][sweep]
         xs = [r[key] for r in runs]
@@ -193,8 +155,12 @@ def plot(result: dict, path: Path) -> None:
             ax.set_xticks(xs, [str(x) for x in xs])
             ax.set_xlabel(label)
             ax.set_ylabel(ylabel)
-            fit = result["growth"][sweep][metric]
-            ax.set_title(f"~ {label.split()[0]}^{fit['exponent']:.2f}", fontsize=10)
+            fit, unit = result["growth"][sweep][metric], "s" if metric == "seconds" else "MiB"
+            ax.set_title(
+                f"{fit['intercept']:.3g} {unit} + {fit['slope']:.3g} {unit} per {per}"
+                f" (log-log slope {fit['exponent']:.2f})",
+                fontsize=9,
+            )
             ax.grid(alpha=0.3)
     fig.suptitle(
         f"VISD update cost, {result['model']['parameters'] / 1e6:.0f} M-parameter Qwen2.5-VL, fp32, CPU"
