@@ -17,6 +17,7 @@ and reports, each the median over rounds of the round's ratio (the per-round val
                        the same tokens (same seed, no replay at lambda = 0), so this is pure overhead
     visd_vs_grpo       VISD / GRPO, median step times, side by side (their rollouts' lengths part once
                        the policies differ: completions/mean_length is reported per variant)
+and per variant data_wait_s, the loader's share: the wait between two batches (timing/data_wait).
 Writes bench/results/step_overhead.json.
 
     .venv/bin/python bench/step_overhead.py [--steps 40] [--skip 5] [--rounds 3] [--seed 0] [--size default|tiny]
@@ -86,7 +87,7 @@ def summarise(rows: list[dict], skip: int) -> dict:
         "steps_timed": len(rows),
         "step_s": median(rows, "step_time"),
         "step_without_teacher_and_judge_s": statistics.median(base),
-        **{f"{k.split('/')[1]}_s": median(rows, k) for k in ("timing/rollout", "timing/reward", "timing/judge", "timing/teacher", "timing/update")},
+        **{f"{k.split('/')[1]}_s": median(rows, k) for k in ("timing/rollout", "timing/reward", "timing/judge", "timing/teacher", "timing/update", "timing/data_wait")},
         "completion_mean_length": statistics.fmean(float(r["completions/mean_length"]) for r in rows),
     }  # fmt: skip
 

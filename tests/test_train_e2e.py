@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -109,6 +110,9 @@ def test_metrics_file_has_trl_names_for_every_step(trained_run):
     ]:
         assert all(r[key] != "" for r in rows), key
     assert any(float(r["grad_norm"]) > 0 for r in rows), "no step had a policy gradient"
+    # the loader's wait between batches: none before the first batch, then measured
+    waits = [float(r["timing/data_wait"]) for r in rows]
+    assert math.isnan(waits[0]) and all(0 <= w < 60 for w in waits[1:])
 
 
 def test_weights_changed_and_checkpoints_written(trained_run):

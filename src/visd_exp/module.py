@@ -86,6 +86,9 @@ class VISDModule(L.LightningModule):
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.skipped_videos = 0  # videos that failed to decode during training
         self.consecutive_skips = 0
+        # timing/data_wait: from the end of the previous batch's hooks to this batch's start (the loader)
+        self.batch_end_time: float | None = None
+        self.data_wait = math.nan
 
     def configure_callbacks(self):
         # Part of the method, not of the logging set-up: always present, whatever `callbacks` holds.
@@ -93,6 +96,15 @@ class VISDModule(L.LightningModule):
         if self.teacher is not None:
             callbacks.append(TeacherUpdate())
         return callbacks
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Lightning runs the callbacks' batch-end hooks (validation, checkpoints) before this module's, so
+        # the wait below is the loader's fetch and the loop between two batches, not validation
+        now = time.perf_counter()
+        self.data_wait = math.nan if self.batch_end_time is None else now - self.batch_end_time
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.batch_end_time = time.perf_counter()
 
     def on_train_start(self) -> None:
         """Data set-up counts (records, over-long prompts dropped, bad records skipped) at step 0."""
@@ -272,6 +284,7 @@ class VISDModule(L.LightningModule):
         for stage, seconds in watch.seconds.items():
             metrics[f"timing/{stage}"] = seconds
         metrics["step_time"] = time.perf_counter() - step_start
+        metrics["timing/data_wait"] = self.data_wait  # NaN on a run's first batch
         self.log_dict(
             {k: float(v) for k, v in metrics.items()},
             on_step=True,
