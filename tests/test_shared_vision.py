@@ -98,3 +98,27 @@ def test_the_rollouts_prefill_encodes_each_prompt_once(tiny, tmp_path):
         handle.remove()
     assert patches == [sum(pv.shape[0] for pv in batch["pixel_values"])]  # once, not G times
     assert rollouts.pixel_values.shape[0] == ALGO.num_generations * patches[0]  # the update still gets rows
+
+
+def test_under_zero3_every_rank_encodes_outside_the_forward_even_with_nothing_to_share(tiny, rollouts):
+    """Whether rows repeat can differ between ranks; the partitioned vision tower must be reached at the
+    same point on all of them, so a partitioned model always takes the shared path."""
+    from visd_exp.models.shared_vision import shared_image_features
+
+    model, _ = tiny
+    part = rollouts.select(slice(2, 4))  # rows with different frames: nothing to share
+    pv, grids = part.pixel_values, part.image_grid_thw
+    assert shared_image_features(model, pv, grids, part.images_per_row) is None
+    zero3 = copy.deepcopy(model)
+    for p in zero3.parameters():
+        p.ds_id = 0  # what DeepSpeed ZeRO-3 marks partitioned parameters with
+    shared = shared_image_features(zero3, pv, grids, part.images_per_row)
+    assert shared is not None and len(shared["image"].pooler_output) == sum(part.images_per_row)
+    single = rollouts.select(slice(0, 1))
+    assert shared_image_features(zero3, single.pixel_values, single.image_grid_thw, [8]) is not None
+    with torch.no_grad():
+        plain = model(**part.model_inputs(), logits_to_keep=4).logits
+        got = forward_with_shared_vision(
+            zero3, part.model_inputs(), part.images_per_row, logits_to_keep=4
+        ).logits
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-5)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from visd_exp.distributed.zero import is_partitioned
+
 
 def row_slices(image_grid_thw: torch.Tensor, images_per_row: list[int]) -> tuple[list[slice], list[slice]]:
     """Per row: its slice of the images (grid rows) and of the concatenated patches (pixel rows)."""
@@ -50,12 +52,19 @@ def image_sources(pixel_values, image_grid_thw, images_per_row: list[int]) -> li
 
 def shared_image_features(model, pixel_values, image_grid_thw, images_per_row: list[int] | None):
     """`mm_encoder_outputs` for the rows ({"image": features of every image, row after row}) with each
-    distinct row's images encoded once; None when no row repeats an earlier one (nothing to share)."""
-    if images_per_row is None or pixel_values is None or len(images_per_row) < 2:
+    distinct row's images encoded once; None when no row repeats an earlier one (nothing to share).
+
+    Under ZeRO-3 the features are always computed here, shared or not: the vision tower gathers its
+    partitioned weights collectively, so every rank must reach it at the same point of the forward, and
+    whether rows repeat can differ between ranks (two equal prompts side by side on one of them)."""
+    if images_per_row is None or pixel_values is None:
+        return None
+    partitioned = is_partitioned(model)
+    if len(images_per_row) < 2 and not partitioned:
         return None
     sources = image_sources(pixel_values, image_grid_thw, images_per_row)
     distinct = sorted(set(sources))
-    if len(distinct) == len(sources):
+    if len(distinct) == len(sources) and not partitioned:
         return None
     images, pixels = row_slices(image_grid_thw, images_per_row)
     encoded = model.get_image_features(
