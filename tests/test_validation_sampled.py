@@ -71,6 +71,26 @@ def test_validation_logs_sampled_metrics_from_a_fixed_seed_and_keeps_trainings_r
     assert other_seed.validate(trainer, module)["val/reward/total"] == first["val/reward/total"]  # greedy
     off = ValidationCallback(max_samples=3, max_completion_length=24, sampled={"num_generations": 0})
     assert not any(k.startswith("val/sampled/") for k in off.validate(trainer, module))
+    # its own prompts per generate call (3 here, data.batch_size 2): the same val prompts, greedy alike
+    wide = ValidationCallback(max_samples=3, max_completion_length=24, batch_size=3, sampled={**SAMPLING})
+    got = wide.validate(trainer, module)
+    assert got["val/num_samples"] == 3.0 and got["val/sampled/num_samples"] == 9.0
+    assert got["val/reward/total"] == pytest.approx(first["val/reward/total"], abs=1e-6)
+    with pytest.raises(ValueError, match="training order"):
+        datamodule.loader("val", shuffle=True, batch_size=3)
+
+
+def test_a_run_without_a_val_split_says_so(tiny, caplog):
+    model, processor = tiny
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(datasets={}), global_step=0, loggers=[])
+    module = SimpleNamespace(model=model, processor=processor, device=torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="visd_exp.callbacks.validation"):
+        ValidationCallback(every_n_steps=50).on_train_start(trainer, module)
+    assert "no val split" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="visd_exp.callbacks.validation"):
+        ValidationCallback(every_n_steps=0).on_train_start(trainer, module)  # off: nothing to say
+    assert caplog.text == ""
 
 
 def test_unknown_sampling_keys_are_refused():

@@ -14,10 +14,13 @@ repeat the last val/* values.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 
 import lightning as L
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def flatten(report: dict, prefix: str = "val") -> dict[str, float]:
@@ -55,14 +58,16 @@ class ValidationCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         """Step 0, before any update: the starting model's numbers (not on a resumed run)."""
-        if (
-            not self.at_start
-            or self.every_n_steps <= 0
-            or trainer.global_step > 0
-            or trainer.datamodule is None
-        ):
+        if self.every_n_steps <= 0 or trainer.datamodule is None:
             return
-        if "val" not in trainer.datamodule.datasets:
+        if "val" not in trainer.datamodule.datasets:  # said once, not discovered from missing curves
+            log.warning(
+                "callbacks.validation is on (every %d steps) but the data has no val split "
+                "(data.val_file): no val/* metrics will be logged",
+                self.every_n_steps,
+            )
+            return
+        if not self.at_start or trainer.global_step > 0:
             return
         metrics = self.validate(trainer, pl_module)
         for logger in trainer.loggers:

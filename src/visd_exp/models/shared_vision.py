@@ -1,8 +1,8 @@
 """One vision-tower pass per distinct prompt: the G rollouts of a prompt (Eq. 14's rows) carry G copies of
 its frames, and the rollouts' prefill, the student's update, the old-log-prob recompute and the teacher
-replay would otherwise encode every copy. Rows whose images equal an earlier row's (same grids, same pixels) reuse its image
-features, handed to the model as `mm_encoder_outputs`; the language model sees exactly what it saw
-before, and the gradient that reaches the vision tower is the sum over the copies, as before.
+replay would otherwise encode every copy. Rows whose images equal an earlier row's (same grids, same
+pixels) reuse its image features, handed to the model as `mm_encoder_outputs`; the language model sees
+exactly what it saw before, and the gradient that reaches the vision tower is the sum over the copies.
 
     logits = forward_with_shared_vision(model, inputs, images_per_row, logits_to_keep=..., use_cache=False)
     model.generate(**without_pixels(inputs, images_per_row, model), ...)   # the prefill shares them too
