@@ -136,6 +136,74 @@ def test_generation_keeps_no_vocabulary_sized_scores(tiny, tmp_path, monkeypatch
     assert out.old_logprobs.shape == out.completion_ids.shape and out.old_logprobs.dtype == torch.float32
 
 
+def test_min_completion_length_forces_the_length_bench_vs_trl_compares(tiny, tmp_path):
+    """With the end token made near-certain, completions stop at once; min_completion_length holds it off
+    for exactly that many tokens (bench/vs_trl.py sets min = max: every completion max long, truncated)."""
+    from conftest import write_square_video
+
+    model, processor = tiny
+    eos = processor.tokenizer.eos_token_id
+    batch = make_batch(processor, write_square_video(tmp_path / "v.mp4"))
+    suppress = vision_token_ids(processor.tokenizer)
+
+    def eos_likely(module, inputs, output):
+        output[..., eos] += 100.0
+        return output
+
+    handle = model.get_output_embeddings().register_forward_hook(eos_likely)
+    try:
+        torch.manual_seed(0)
+        free = generate_rollouts(model, processor, batch, ALGO, suppress)
+        held = generate_rollouts(
+            model, processor, batch, OmegaConf.merge(ALGO, {"min_completion_length": 5}), suppress
+        )
+        full = OmegaConf.merge(ALGO, {"min_completion_length": 20})
+        equal = generate_rollouts(model, processor, batch, full, suppress)
+    finally:
+        handle.remove()
+    assert free.completion_mask.sum(1).tolist() == [1] * 6  # the end token first
+    assert held.completion_mask.sum(1).tolist() == [6] * 6  # 5 tokens, then the end token
+    assert (held.completion_ids[:, :5] != eos).all() and (held.completion_ids[:, 5] == eos).all()
+    assert equal.completion_mask.sum(1).tolist() == [20] * 6 and equal.truncated.all()
+
+
+def test_min_completion_length_longer_than_the_limit_fails_at_start():
+    from visd_exp.algorithms import build_algorithm
+
+    with pytest.raises(ValueError, match="min_completion_length must be in"):
+        build_algorithm(compose_train([*FAST, "algorithm.min_completion_length=97"]))  # FAST: max 96
+
+
+def test_policy_update_runs_the_student_before_building_the_teacher_inputs(case):
+    """The order that lets the judge's calls overlap the update: student forward, then the teacher's inputs
+    (built once, on first need: VISD waits for the judge's feedback there), then the teacher forward."""
+    model, teacher, rollouts, inputs, advantages = case
+    C = rollouts.completion_ids.shape[1]
+    events = []
+
+    def build_inputs():
+        events.append("inputs")
+        return inputs
+
+    def teacher_forward(x, images):
+        events.append("teacher")
+        return teacher_logits(teacher, x, C, images)
+
+    handle = model.register_forward_pre_hook(lambda *a: events.append("student"))
+    try:
+        replay = TeacherReplay(build_inputs, teacher_forward, CREDIT, lam=0.5)
+        lazy = policy_update(
+            model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=3, replay=replay
+        )
+    finally:
+        handle.remove()
+    model.zero_grad(set_to_none=True)
+    assert events == ["student", "inputs", "teacher", "student", "teacher"]
+    eager, _ = update(case, 3)  # the same update with the inputs built up front
+    torch.testing.assert_close(lazy.delta, eager.delta, atol=0, rtol=0)
+    assert lazy.loss.item() == eager.loss.item()
+
+
 # -- gradient accumulation across batches, through the training loop -----------------------------------
 
 

@@ -101,6 +101,45 @@ def test_feedback_reaches_the_privileged_block(cache_dir, tmp_path, monkeypatch,
         assert all(f is None for f in seen)
 
 
+def test_judge_calls_overlap_the_students_forward(cache_dir, tmp_path, monkeypatch):
+    """The judge is asked in a background thread: its call can still be under way when the update's first
+    student forward starts. Here it waits for that forward (a judge asked before the update and waited for,
+    as before, would wait in vain and report it), then answers as the rule judge does."""
+    import threading
+
+    import visd_exp.algorithms.visd as visd
+    from visd_exp.judge.rule import RuleJudge
+
+    forward_started, overlapped = threading.Event(), []
+    real_ask, real_judge = visd.VISDCredit.ask_judge, RuleJudge.judge_batch
+
+    def ask(self, samples, completions):
+        forward_started.clear()  # set again by the next student forward
+        return real_ask(self, samples, completions)
+
+    def judge_batch(self, items):
+        overlapped.append(forward_started.wait(timeout=30))
+        return real_judge(self, items)
+
+    real_replay, hooked = visd.VISDCredit.replay, []
+
+    def replay(self, student, *args):
+        if not hooked:
+            hooked.append(student.register_forward_pre_hook(lambda *a: forward_started.set()))
+        return real_replay(self, student, *args)
+
+    monkeypatch.setattr(visd.VISDCredit, "ask_judge", ask)
+    monkeypatch.setattr(visd.VISDCredit, "replay", replay)
+    monkeypatch.setattr(RuleJudge, "judge_batch", judge_batch)
+    out = run(
+        cache_dir, tmp_path, "+experiment=ema_topk", "trainer.max_steps=2", "dumps.credit_every_n_steps=1"
+    )
+    assert overlapped == [True, True]
+    rows = read_metrics(out)
+    assert all(float(r["judge/calls"]) > 0 for r in rows)  # the rule judge answered every step
+    assert list((out / "credit_dumps").glob("step_*.json"))  # the dump reads the same feedback
+
+
 def test_six_experiment_multirun_writes_the_summary(cache_dir, tmp_path):
     """Acceptance: the six experiments in one multirun directory, with a Table-5-style summary."""
     import csv

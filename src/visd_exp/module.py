@@ -1,10 +1,11 @@
 """The LightningModule: the step every algorithm shares, top to bottom (VISD Algorithm 1).
 
     the algorithm's rollouts and rewards (algorithms/: grpo, tgrpo, ffr) -> group advantages A (Eq. 14)
+    -> VISD (algorithms/visd.py, whenever a teacher is configured): judge feedback f per rollout, asked in a
+       background thread so that its calls overlap the next two lines' forwards
     -> [old log-probs recomputed when the forward is not fp32]
-    -> VISD (algorithms/visd.py, whenever a teacher is configured): judge feedback f per rollout
-    -> per micro-batch (step_forward.py): the teacher replays the SAME tokens with r = (a*, e, f)
-       -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
+    -> per micro-batch (step_forward.py): the student's forward; the teacher replays the SAME tokens with
+       r = (a*, e, f) -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
        -> clipped surrogate (Eq. 9 / 16) x n / N -> backward
     -> every `optim.accumulate_grad_batches` batches: clip grad norm -> AdamW step
     (callbacks then update the teacher, Eq. 8, and anneal lambda: callbacks/lambda_schedule.py)
@@ -120,6 +121,8 @@ class VISDModule(L.LightningModule):
         self.old_logprobs = resolve_old_logprobs(self.cfg.algorithm.get("old_logprobs"), precision)
 
     def teardown(self, stage: str) -> None:
+        if self.credit is not None:
+            self.credit.close()  # its judge thread first: no call may be under way when the judge closes
         if self.judge is not None:
             self.judge.close()
         self.algorithm.close()
@@ -189,17 +192,10 @@ class VISDModule(L.LightningModule):
         with watch("reward"):
             advantages = group_advantages(rewards, G, eps=algo.adv_eps, std=algo.std)  # Eq. 14
 
-        # Step 3: old log-probs pi_old(y_t). `recompute` (auto: whenever the forward is not fp32) is a no-grad
-        # forward with the update's micro-batches, so the first update's ratio (Eq. 17) is exactly 1.
-        sampled_logprobs = rollouts.old_logprobs
-        if self.old_logprobs == "recompute":
-            with watch("old_logprobs"):
-                rollouts.old_logprobs = recompute_logprobs(
-                    self.model, rollouts, algo.temperature, self.micro_batch_size
-                )
-
-        # Step 4: VISD's privileged context: judge feedback f and the teacher's inputs r = (a*, e, f). The replay,
-        # Delta_t (Eq. 4), m_t (Eq. 5-6) and A^_t (Eq. 7) run per micro-batch in Step 5. GRPO: A^_t = A.
+        # Step 3: VISD's privileged context: judge feedback f (asked now, in a background thread, while Step 4 and
+        # the first student forward run) and the teacher's inputs r = (a*, e, f), built once the feedback is in.
+        # The replay, Delta_t (Eq. 4), m_t (Eq. 5-6) and A^_t (Eq. 7) run per micro-batch in Step 5, after each
+        # student forward. GRPO: A^_t = A.
         # Every step logs the same keys (a key missing at one step would repeat its stale value in the logs).
         credit_metrics = dict.fromkeys(CREDIT_KEYS, math.nan) if self.teacher is not None else {}
         if self.teacher is not None:
@@ -207,6 +203,15 @@ class VISDModule(L.LightningModule):
         replay = None
         if self.credit is not None and self.teacher_active and self.lam > 0:  # algorithms/visd.py
             replay, feedback = self.credit.replay(self.model, rollouts, samples, self.lam, watch)
+
+        # Step 4: old log-probs pi_old(y_t). `recompute` (auto: whenever the forward is not fp32) is a no-grad
+        # forward with the update's micro-batches, so the first update's ratio (Eq. 17) is exactly 1.
+        sampled_logprobs = rollouts.old_logprobs
+        if self.old_logprobs == "recompute":
+            with watch("old_logprobs"):
+                rollouts.old_logprobs = recompute_logprobs(
+                    self.model, rollouts, algo.temperature, self.micro_batch_size
+                )
 
         # Step 5: the clipped surrogate (Eq. 9 / 16) and its gradient, micro-batch by micro-batch; gradients
         # accumulate over `optim.accumulate_grad_batches` = k batches (each back-propagated / k).
@@ -234,7 +239,7 @@ class VISDModule(L.LightningModule):
             credit_metrics = credit.credit_stats(out.delta, out.weights, mask.bool(), self.cfg.credit.eps_w)
             if self.dump_due():
                 with watch("dump"):
-                    self.dump_credit(batch, rollouts, samples, feedback, scores, advantages, out)
+                    self.dump_credit(batch, rollouts, samples, feedback.result(), scores, advantages, out)
 
         # Step 6: one optimizer step per k batches (AdamW on fp32 master weights).
         self.accumulated += 1

@@ -3,11 +3,14 @@
 `algorithm.micro_batch_size` rollouts go through the network at a time (null: all N at once). For each
 micro-batch of n rollouts, `policy_update` runs, in order:
 
+    student forward (grad)    -> log pi(y_t)    (selective log-softmax: [n, C] out of the [n, C, V] logits)
     teacher replay (no grad)  -> Delta_t        (Eq. 4: top-K support or sampled token, `credit` group)
                               -> m_t            (Eq. 5-6)
                               -> A^_t           (Eq. 7; GRPO: A^_t = A)
-    student forward (grad)    -> log pi(y_t)    (selective log-softmax: [n, C] out of the [n, C, V] logits)
     clipped surrogate (Eq. 9) x n / N -> backward
+
+The student goes first so that the judge's calls (algorithms/visd.py asks it in a background thread) overlap
+the first student forward: the teacher's inputs hold the judge's feedback and are built when first needed.
 
 Eq. 9 is a mean over the N rollouts of per-rollout token means, so the micro-batch losses scaled by n / N
 sum to the full-batch loss and their gradients accumulate to the full-batch gradient. At most one
@@ -68,12 +71,19 @@ def entropy_sum(logits: torch.Tensor, mask: torch.Tensor, temperature: float) ->
 class TeacherReplay:
     """What the VISD credit needs: the teacher's inputs for all N rollouts and how to score a micro-batch."""
 
-    inputs: dict  # teacher_inputs(...) for every rollout: privileged prompt + the same completion tokens
+    # teacher_inputs(...) for every rollout (privileged prompt + the same completion tokens), or a function
+    # that builds them when the first micro-batch needs them (VISD: it waits for the judge's feedback)
+    inputs: dict | Callable[[], dict]
     forward: Callable[
         [dict, list[int] | None], torch.Tensor
     ]  # (micro-batch inputs, images per row) -> [n, C, V]
     credit: Any  # the `credit` config node (name, k, eps_w, chunk_size)
     lam: float  # lambda of Eq. 7
+
+    def ready_inputs(self) -> dict:
+        if callable(self.inputs):
+            self.inputs = self.inputs()
+        return self.inputs
 
 
 @dataclass
@@ -121,15 +131,17 @@ def policy_update(
     delta = torch.zeros_like(mask) if replay is not None else None
     weights = torch.ones_like(mask) if replay is not None else None
     loss_total, entropy_total = torch.zeros(()), 0.0
+    timed = watch or (lambda stage: contextlib.nullcontext())
     for rows in micro_slices(n_total, micro_batch_size):
         part = rollouts.select(rows)
-        t_logits = None
-        if replay is not None:
-            with watch("teacher") if watch else contextlib.nullcontext():
-                images = rollouts.images_per_row[rows] if rollouts.images_per_row else None
-                t_logits = replay.forward(select_rows(replay.inputs, rows, rollouts.images_per_row), images)
-        with watch("update") if watch else contextlib.nullcontext():
+        with timed("update"):
             lp, logits = policy_logprobs(model, part, temperature)  # [n, C] with grad, [n, C, V]
+        if replay is not None:
+            inputs = replay.ready_inputs()  # the first time: the judge's feedback is awaited (timing/judge)
+            with timed("teacher"):
+                images = rollouts.images_per_row[rows] if rollouts.images_per_row else None
+                t_logits = replay.forward(select_rows(inputs, rows, rollouts.images_per_row), images)
+        with timed("update"):
             if replay is not None:  # VISD: the teacher's credit on this micro-batch's tokens
                 a, valid, eps_w = advantages[rows], mask[rows], replay.credit.eps_w
                 d = log_ratio(

@@ -61,6 +61,11 @@ class GRPO:
         self.algo = cfg.algorithm
         self.G = int(cfg.algorithm.num_generations)
         self.reward_cfg = RewardConfig.from_cfg(cfg.reward)  # checked at start: a typo fails here
+        low, high = int(self.algo.get("min_completion_length") or 0), int(self.algo.max_completion_length)
+        if not 0 <= low <= high:
+            raise ValueError(
+                f"algorithm.min_completion_length must be in [0, max_completion_length={high}], got {low}"
+            )
 
     def sample(self, policy: Policy, batch: dict) -> RolloutBatch:
         """Step 1: on-policy rollouts from the old policy (VISD Algorithm 1, line 7)."""

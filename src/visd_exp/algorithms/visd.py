@@ -4,14 +4,17 @@
     -> the teacher replays the SAME completion tokens -> Delta_t (Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
 
 The replay and the credit run per micro-batch inside `policy_update` (step_forward.py): this unit builds
-the `TeacherReplay` it consumes. It composes with any sequence-level unit (grpo, tgrpo, ffr): it reads
-only the rows that enter the loss and their records. The teacher itself (current / sync / EMA, Eq. 8) is
+the `TeacherReplay` it consumes. The judge is asked in a background thread as soon as the rollouts exist,
+and its feedback is awaited only when the first teacher forward needs it, after the first student forward:
+a remote judge's HTTP latency overlaps the student's forward (`timing/judge` is the wait that is left).
+It composes with any sequence-level unit (grpo, tgrpo, ffr): it reads only the rows that enter the loss and their records. The teacher itself (current / sync / EMA, Eq. 8) is
 built by teacher/ and updated by callbacks/teacher_update.py; lambda is annealed by
 callbacks/lambda_schedule.py.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,6 +34,7 @@ class VISDCredit:
         self.teacher = teacher  # teacher/variants.py (registered on the LightningModule, saved with it)
         self.judge = judge  # None: answer and evidence only (no_feedback)
         self.micro_batch_size = micro_batch_size
+        self.pool: ThreadPoolExecutor | None = None  # one thread: the judge beside the update
 
     def feedback(self, samples: list[dict], completions: list[str]) -> list[str | None]:
         """One feedback string per rollout (None: no judge, or the judge fell back)."""
@@ -65,13 +69,34 @@ class VISDCredit:
             self.teacher.model(student), inputs, completion_len, images_per_row
         )
 
+    def ask_judge(self, samples: list[dict], completions: list[str]) -> Future:
+        """The feedback of every rollout, computed in a background thread (the judge's own pool sends the
+        HTTP requests concurrently); `.result()` waits for it and re-raises a JudgeError."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visd-judge")
+        return self.pool.submit(self.feedback, samples, completions)
+
     def replay(self, student, rollouts, samples: list[dict], lam: float, watch):
-        """(TeacherReplay for policy_update, the feedback) of this step's loss rows."""
-        with watch("judge"):
-            feedback = self.feedback(samples, rollouts.texts)
-        with watch("teacher"):
-            inputs = self.replay_inputs(rollouts, samples, feedback)
-        return TeacherReplay(inputs, self.teacher_forward(student, rollouts), self.cfg.credit, lam), feedback
+        """(TeacherReplay for policy_update, the feedback as a Future) of this step's loss rows.
+
+        The judge starts now; the teacher's inputs r = (a*, e, f) are built when the first teacher forward
+        needs them. `timing/judge` is the time spent waiting for the feedback, not the judge's latency
+        (judge/latency_p50).
+        """
+        asked = self.ask_judge(samples, rollouts.texts)
+
+        def inputs() -> dict:
+            with watch("judge"):
+                feedback = asked.result()
+            with watch("teacher"):
+                return self.replay_inputs(rollouts, samples, feedback)
+
+        return TeacherReplay(inputs, self.teacher_forward(student, rollouts), self.cfg.credit, lam), asked
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
 
     @torch.no_grad()
     def dump(

@@ -170,6 +170,8 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
             **without_pixels(inputs, images_per_row, model),  # a prompt's G copies: one vision pass
             **sampling,
             max_new_tokens=cfg.max_completion_length,
+            # benchmarks (bench/vs_trl.py): equal lengths; 0 in training
+            min_new_tokens=int(cfg.get("min_completion_length") or 0) or None,
             suppress_tokens=suppress_token_ids,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
