@@ -1,4 +1,5 @@
-"""Judge benchmark: concurrent HTTP judging against the local server, and rule-judge throughput.
+"""Judge benchmark: concurrent HTTP judging against the local server, rule-judge throughput, training
+against a faulty served judge, and how much of a slow judge's latency the VISD step hides.
 
 .venv/bin/python bench/judge.py    # writes bench/results/judge.json
 """
@@ -194,6 +195,61 @@ def bench_training_with_faults(steps: int = 20) -> dict:
     }
 
 
+def bench_overlap(steps: int = 15, latency: float = 0.15, skip: int = 3, overrides: tuple = ()) -> dict:
+    """VISD steps (tiny default) against the served judge answering each request after `latency` s.
+
+    The judge is asked in a background thread when the rollouts exist, and the step waits for its feedback
+    only at the first teacher forward, after the first student forward: `timing/judge` is the wait left.
+    hidden_s = what a request takes (judge/latency_p50) - the wait (timing/judge), medians after `skip` steps.
+    """
+    import csv
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from visd_exp.train import train
+
+    root = Path(__file__).resolve().parents[1]
+    server, thread, url = start_server("127.0.0.1", 0, latency=latency)
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            initialize_config_dir(str(root / "conf"), version_base="1.3"),
+        ):
+            cfg = compose(
+                "train",
+                [
+                    "+experiment=ema_topk",
+                    "judge=openai",
+                    f"judge.base_url={url}",
+                    "judge.api_key_required=false",
+                    "judge.cache_dir=null",
+                    f"trainer.max_steps={steps}",
+                    "logger=csv",
+                    "callbacks.progress_bar=null",
+                    "callbacks.validation=null",
+                    "callbacks.model_checkpoint=null",
+                    "dumps.credit_every_n_steps=0",
+                    "save_hf_model=false",
+                    f"paths.output_dir={tmp}",
+                    *overrides,
+                ],
+            )
+            train(cfg)
+            with open(Path(tmp) / "csv" / "version_0" / "metrics.csv") as handle:
+                rows = [r for r in csv.DictReader(handle) if r.get("step_time")][skip:]
+    finally:
+        stop(server, thread)
+
+    def med(key: str) -> float:
+        return round(statistics.median(float(r[key]) for r in rows), 4)
+
+    keys = ("judge/latency_p50", "timing/judge", "timing/update", "timing/teacher", "step_time")
+    out = {"steps_timed": len(rows), "server_latency_s": latency, **{k: med(k) for k in keys}}
+    out["hidden_s"] = round(out["judge/latency_p50"] - out["timing/judge"], 4)
+    return out
+
+
 def bench_rule() -> dict:
     judge = RuleJudge()
     items = make_items(N_RULE)
@@ -220,6 +276,7 @@ def main() -> None:
         "http_faults": bench_faults(),
         "rule_throughput": bench_rule(),
         "training_with_30pct_faults": bench_training_with_faults(),
+        "judge_overlap": bench_overlap(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

@@ -159,3 +159,25 @@ def test_run_whose_judge_recovers_from_transient_errors_completes(cache_dir, tmp
     assert [int(r["step"]) for r in rows] == [0, 1]
     assert sum(float(r["judge/retries"]) for r in rows) >= 6 and server.stats["errors"] == 6
     assert all(float(r["judge/fallback_rate"]) == 0.0 for r in rows)
+
+
+def test_judge_overlap_bench_runs(cache_dir, tmp_path):
+    """bench/judge.py's overlap measurement at a tiny size, so that it cannot rot (not timed): VISD steps
+    against the served judge with a set latency, reading back the wait and the request latency."""
+    import importlib.util
+
+    from conftest import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_judge", PROJECT_ROOT / "bench" / "judge.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.bench_overlap(
+        steps=2,
+        latency=0.05,
+        skip=0,
+        overrides=(*fast("callbacks", "trainer.max_steps"), *shared_paths(cache_dir, tmp_path)),
+    )
+    assert out["steps_timed"] == 2
+    assert out["judge/latency_p50"] >= 0.05  # every request waited for the server's latency
+    assert out["timing/judge"] >= 0.0 and out["timing/teacher"] > 0.0
+    assert out["hidden_s"] == pytest.approx(out["judge/latency_p50"] - out["timing/judge"], abs=1e-3)
