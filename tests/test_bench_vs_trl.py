@@ -32,6 +32,7 @@ def test_vs_trl_bench_runs(tmp_path, cache_dir):
     for side in ("ours", "trl"):
         assert len(run[side]["iteration_s"]) == 2  # 4 steps: 3 intervals, the first skipped
         assert run[side]["completion_mean_length"] == 8.0  # min = max new tokens on both sides
+    assert result["pooled"]["iterations_per_side"] == 2
     assert result["ours_vs_trl"] == pytest.approx(
         run["ours"]["median_iteration_s"] / run["trl"]["median_iteration_s"]
     )
