@@ -257,7 +257,7 @@ def run(size_name: str, threads: int) -> dict:
         "dtype": "float32",
         "measure": "ru_maxrss of a fresh subprocess per setting (peak_rss_mib); RSS sampled every 1 ms "
         "during the step, minus the RSS before it (step_peak_rise_mib); MALLOC_MMAP_THRESHOLD_=65536",
-        "step": "old-log-prob recompute + policy_update (teacher replay, Delta_t, m_t, A^_t, forward, backward)",
+        "step": "old-log-prob recompute + policy_update (forward, teacher replay, Delta_t, m_t, A^_t, backward)",
         "runs": runs,
         "peak_falls_with_micro_batch": all(a > b for a, b in zip(peaks, peaks[1:])),
         "max_abs_grad_full": grad_scale,
