@@ -171,7 +171,9 @@ def one_step(model, teacher, rollouts, inputs, advantages, micro_batch_size):
     C = rollouts.completion_ids.shape[1]
     rollouts.old_logprobs = recompute_logprobs(model, rollouts, 1.0, micro_batch_size)
     credit = OmegaConf.create({"name": "topk", "k": K, "eps_w": 0.2})
-    replay = TeacherReplay(inputs, lambda x, images: teacher_logits(teacher, x, C, images), credit, LAM)
+    replay = TeacherReplay(
+        inputs, lambda x, images, features=None: teacher_logits(teacher, x, C, images, features), credit, LAM
+    )
     return policy_update(
         model,
         rollouts,

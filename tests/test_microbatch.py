@@ -55,7 +55,12 @@ def case(tiny, tmp_path_factory):
 def update(case, size):
     model, teacher, rollouts, inputs, advantages = case
     C = rollouts.completion_ids.shape[1]
-    replay = TeacherReplay(inputs, lambda x, images: teacher_logits(teacher, x, C, images), CREDIT, lam=0.5)
+    replay = TeacherReplay(
+        inputs,
+        lambda x, images, features=None: teacher_logits(teacher, x, C, images, features),
+        CREDIT,
+        lam=0.5,
+    )
     model.zero_grad(set_to_none=True)
     out = policy_update(
         model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=size, replay=replay
@@ -174,6 +179,78 @@ def test_min_completion_length_longer_than_the_limit_fails_at_start():
         build_algorithm(compose_train([*FAST, "algorithm.min_completion_length=97"]))  # FAST: max 96
 
 
+def test_teacher_current_reuses_the_students_image_features(case, monkeypatch):
+    """teacher=current: the replay takes the student forward's image features (detached) instead of encoding
+    the same frames with the same weights again: one vision pass per micro-batch instead of two, and the
+    same Delta_t, loss and gradients."""
+    model, _, rollouts, inputs, advantages = case
+    C = rollouts.completion_ids.shape[1]
+    calls = []
+    real = model.get_image_features
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("return_dict"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "get_image_features", counted)
+
+    def run(shares: bool):
+        calls.clear()
+        forward = lambda x, images, features=None: teacher_logits(model, x, C, images, features)  # noqa: E731
+        replay = TeacherReplay(inputs, forward, CREDIT, lam=0.5, shares_student_vision=shares)
+        model.zero_grad(set_to_none=True)
+        out = policy_update(
+            model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=3, replay=replay
+        )
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out, grads, len(calls)
+
+    apart, apart_grads, apart_calls = run(False)
+    shared, shared_grads, shared_calls = run(True)
+    assert (apart_calls, shared_calls) == (4, 2)  # 2 micro-batches: student + teacher each, or student only
+    assert apart.delta.abs().max() > 1e-3  # the teacher (at lambda 0.5, with a privileged block) moves Delta
+    torch.testing.assert_close(shared.delta, apart.delta, atol=1e-6, rtol=0)
+    assert abs(shared.loss.item() - apart.loss.item()) < 1e-6
+    assert any(k.startswith("model.visual") for k in shared_grads)  # the vision tower still gets its gradient
+    worst = max((shared_grads[k] - apart_grads[k]).abs().max().item() for k in apart_grads)
+    assert worst < 1e-6, worst
+
+
+def test_teacher_prompts_are_rendered_once_per_prompt_and_block(tiny, case, monkeypatch):
+    """The G rows of a prompt (the same sample object) with the same privileged block share one rendering;
+    rows with their own feedback are rendered apiece; the inputs equal rendering every row."""
+    import visd_exp.teacher.replay as replay
+
+    _, processor = tiny
+    _, _, rollouts, _, _ = case
+    samples = [s for s in case_samples() for _ in range(3)]
+    grids = list(torch.split(rollouts.image_grid_thw, rollouts.images_per_row))
+    rendered = []
+    real = replay.render_prompt
+    monkeypatch.setattr(replay, "render_prompt", lambda *a: rendered.append(1) or real(*a))
+    same = [privileged_block("B", None, None)] * 6
+    shared = teacher_inputs(processor, rollouts, samples, same, grids)
+    assert len(rendered) == 2  # two prompts
+    apiece = teacher_inputs(processor, rollouts, [dict(s) for s in samples], same, grids)  # copies: 6
+    assert len(rendered) == 2 + 6
+    assert all(torch.equal(shared[k], apiece[k]) for k in shared)
+    teacher_inputs(
+        processor, rollouts, samples, [privileged_block("B", None, f"note {i}") for i in range(6)], grids
+    )
+    assert len(rendered) == 2 + 6 + 6  # each row's own feedback
+
+
+def case_samples() -> list[dict]:
+    """The case's two prompts' records, as the fixture built them (8 and 5 frames)."""
+    return [
+        {"question": "When is it visible?", "task": "temporal_grounding", "answer": "B", "segment": [2.0, 5.0],
+         "frame_times": [i * 1.0 for i in range(8)], "video_duration": 8.0},
+        {"question": "What colour? " * 6, "task": "temporal_grounding", "answer": "B", "segment": [2.0, 5.0],
+         "frame_times": [i * 1.6 for i in range(5)], "video_duration": 8.0},
+    ]  # fmt: skip
+
+
 def test_policy_update_runs_the_student_before_building_the_teacher_inputs(case):
     """The order that lets the judge's calls overlap the update: student forward, then the teacher's inputs
     (built once, on first need: VISD waits for the judge's feedback there), then the teacher forward."""
@@ -185,9 +262,9 @@ def test_policy_update_runs_the_student_before_building_the_teacher_inputs(case)
         events.append("inputs")
         return inputs
 
-    def teacher_forward(x, images):
+    def teacher_forward(x, images, features=None):
         events.append("teacher")
-        return teacher_logits(teacher, x, C, images)
+        return teacher_logits(teacher, x, C, images, features)
 
     handle = model.register_forward_pre_hook(lambda *a: events.append("student"))
     try:

@@ -11,6 +11,8 @@ micro-batch of n rollouts, `policy_update` runs, in order:
 
 The student goes first so that the judge's calls (algorithms/visd.py asks it in a background thread) overlap
 the first student forward: the teacher's inputs hold the judge's feedback and are built when first needed.
+With `teacher=current` (the teacher is the student) the replay reuses the student forward's image features,
+detached, instead of encoding the same frames again (models/shared_vision.py).
 
 Eq. 9 is a mean over the N rollouts of per-rollout token means, so the micro-batch losses scaled by n / N
 sum to the full-batch loss and their gradients accumulate to the full-batch gradient. At most one
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from visd_exp import credit
+from visd_exp.models.shared_vision import detached, vision_features
 from visd_exp.objectives import clipped_surrogate_loss
 from visd_exp.rollout.generation import RolloutBatch, policy_logprobs, select_rows
 
@@ -74,11 +77,12 @@ class TeacherReplay:
     # teacher_inputs(...) for every rollout (privileged prompt + the same completion tokens), or a function
     # that builds them when the first micro-batch needs them (VISD: it waits for the judge's feedback)
     inputs: dict | Callable[[], dict]
-    forward: Callable[
-        [dict, list[int] | None], torch.Tensor
-    ]  # (micro-batch inputs, images per row) -> [n, C, V]
+    # (micro-batch inputs, images per row, image features or None) -> [n, C, V]
+    forward: Callable[[dict, list[int] | None, dict | None], torch.Tensor]
     credit: Any  # the `credit` config node (name, k, eps_w, chunk_size)
     lam: float  # lambda of Eq. 7
+    # teacher=current: the teacher is the student, so the student forward's image features serve it too
+    shares_student_vision: bool = False
 
     def ready_inputs(self) -> dict:
         if callable(self.inputs):
@@ -134,13 +138,19 @@ def policy_update(
     timed = watch or (lambda stage: contextlib.nullcontext())
     for rows in micro_slices(n_total, micro_batch_size):
         part = rollouts.select(rows)
+        shares = replay is not None and replay.shares_student_vision and part.images_per_row is not None
         with timed("update"):
-            lp, logits = policy_logprobs(model, part, temperature)  # [n, C] with grad, [n, C, V]
+            features = vision_features(model, part.model_inputs(), part.images_per_row) if shares else None
+            lp, logits = policy_logprobs(model, part, temperature, features)  # [n, C] with grad, [n, C, V]
         if replay is not None:
             inputs = replay.ready_inputs()  # the first time: the judge's feedback is awaited (timing/judge)
             with timed("teacher"):
                 images = rollouts.images_per_row[rows] if rollouts.images_per_row else None
-                t_logits = replay.forward(select_rows(inputs, rows, rollouts.images_per_row), images)
+                t_features = detached(features) if shares else None  # the same frames, the same weights
+                t_logits = replay.forward(
+                    select_rows(inputs, rows, rollouts.images_per_row), images, t_features
+                )
+                del t_features
         with timed("update"):
             if replay is not None:  # VISD: the teacher's credit on this micro-batch's tokens
                 a, valid, eps_w = advantages[rows], mask[rows], replay.credit.eps_w

@@ -65,8 +65,8 @@ class VISDCredit:
         """(micro-batch teacher inputs, its rows' image counts) -> [n, C, V] teacher logits at the completion
         positions (no grad)."""
         completion_len = rollouts.completion_ids.shape[1]
-        return lambda inputs, images_per_row=None: teacher_logits(
-            self.teacher.model(student), inputs, completion_len, images_per_row
+        return lambda inputs, images_per_row=None, image_features=None: teacher_logits(
+            self.teacher.model(student), inputs, completion_len, images_per_row, image_features
         )
 
     def ask_judge(self, samples: list[dict], completions: list[str]) -> Future:
@@ -91,7 +91,9 @@ class VISDCredit:
             with watch("teacher"):
                 return self.replay_inputs(rollouts, samples, feedback)
 
-        return TeacherReplay(inputs, self.teacher_forward(student, rollouts), self.cfg.credit, lam), asked
+        shares = self.teacher.model(student) is student  # teacher=current: one vision pass serves both
+        forward = self.teacher_forward(student, rollouts)
+        return TeacherReplay(inputs, forward, self.cfg.credit, lam, shares_student_vision=shares), asked
 
     def close(self) -> None:
         if self.pool is not None:

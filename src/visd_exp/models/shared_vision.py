@@ -7,6 +7,10 @@ exactly what it saw before, and the gradient that reaches the vision tower is th
     logits = forward_with_shared_vision(model, inputs, images_per_row, logits_to_keep=..., use_cache=False)
     model.generate(**without_pixels(inputs, images_per_row, model), ...)   # the prefill shares them too
 
+With `teacher=current` the teacher IS the student: the update's student forward encodes the frames
+(`vision_features`) and the teacher replay of the same rows takes those features, detached, instead of
+encoding the same pixels with the same weights again (`image_features=`).
+
 Rows with other frames (T-GRPO's shuffled rollouts, another prompt) are encoded on their own.
 """
 
@@ -50,21 +54,24 @@ def image_sources(pixel_values, image_grid_thw, images_per_row: list[int]) -> li
     return sources
 
 
-def shared_image_features(model, pixel_values, image_grid_thw, images_per_row: list[int] | None):
+def shared_image_features(
+    model, pixel_values, image_grid_thw, images_per_row: list[int] | None, always: bool = False
+):
     """`mm_encoder_outputs` for the rows ({"image": features of every image, row after row}) with each
-    distinct row's images encoded once; None when no row repeats an earlier one (nothing to share).
+    distinct row's images encoded once; None when no row repeats an earlier one (nothing to share),
+    unless `always` (the features are wanted for another forward too).
 
     Under ZeRO-3 the features are always computed here, shared or not: the vision tower gathers its
     partitioned weights collectively, so every rank must reach it at the same point of the forward, and
     whether rows repeat can differ between ranks (two equal prompts side by side on one of them)."""
     if images_per_row is None or pixel_values is None:
         return None
-    partitioned = is_partitioned(model)
-    if len(images_per_row) < 2 and not partitioned:
+    outside = always or is_partitioned(model)
+    if len(images_per_row) < 2 and not outside:
         return None
     sources = image_sources(pixel_values, image_grid_thw, images_per_row)
     distinct = sorted(set(sources))
-    if len(distinct) == len(sources) and not partitioned:
+    if len(distinct) == len(sources) and not outside:
         return None
     images, pixels = row_slices(image_grid_thw, images_per_row)
     encoded = model.get_image_features(
@@ -90,6 +97,28 @@ def without_pixels(inputs: dict, images_per_row: list[int] | None, model) -> dic
     return {**{k: v for k, v in inputs.items() if k != "pixel_values"}, "mm_encoder_outputs": shared}
 
 
-def forward_with_shared_vision(model, inputs: dict, images_per_row: list[int] | None, **kwargs):
-    """model(**inputs, **kwargs), encoding each distinct row's images once."""
+def vision_features(model, inputs: dict, images_per_row: list[int]) -> dict:
+    """The rows' `mm_encoder_outputs`, computed here whether or not rows repeat (with grad when enabled)."""
+    return shared_image_features(
+        model, inputs["pixel_values"], inputs["image_grid_thw"], images_per_row, always=True
+    )
+
+
+def detached(features: dict) -> dict:
+    """The same `mm_encoder_outputs` cut from the graph (for a no-grad forward that reuses them)."""
+    return {
+        "image": BaseModelOutputWithPooling(
+            pooler_output=tuple(f.detach() for f in features["image"].pooler_output)
+        )
+    }
+
+
+def forward_with_shared_vision(
+    model, inputs: dict, images_per_row: list[int] | None, image_features: dict | None = None, **kwargs
+):
+    """model(**inputs, **kwargs), encoding each distinct row's images once, or not at all when their
+    `image_features` (`mm_encoder_outputs` of these rows, by the same weights) are given."""
+    if image_features is not None:
+        rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        return model(**rest, mm_encoder_outputs=image_features, **kwargs)
     return model(**without_pixels(inputs, images_per_row, model), **kwargs)

@@ -210,8 +210,11 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
     )
 
 
-def policy_logprobs(model, rollouts: RolloutBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the completion tokens under `model` (with grad) and their logits [N, C, V]."""
+def policy_logprobs(
+    model, rollouts: RolloutBatch, temperature: float, image_features: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the completion tokens under `model` (with grad) and their logits [N, C, V].
+    image_features: the rows' `mm_encoder_outputs` when already computed (models/shared_vision.py)."""
     completion_len = rollouts.completion_ids.shape[1]
     # logits_to_keep = C + 1: the last prompt position predicts the first completion token.
     # The G rollouts of a prompt share one vision-tower pass (models/shared_vision.py).
@@ -219,6 +222,7 @@ def policy_logprobs(model, rollouts: RolloutBatch, temperature: float) -> tuple[
         model,
         rollouts.model_inputs(),
         rollouts.images_per_row,
+        image_features,
         logits_to_keep=completion_len + 1,
         use_cache=False,
     )

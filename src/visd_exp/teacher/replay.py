@@ -38,13 +38,18 @@ def teacher_inputs(
     blocks: list[str | None],
     grids_per_row: list[torch.Tensor],
 ) -> dict:
-    """Model inputs of the teacher replay for every rollout row: left-padded teacher prompt + completion."""
-    rows = [
-        expand_and_tokenize(
-            processor, render_prompt(processor, s, s["frame_times"], s["video_duration"], b), g
-        )
-        for s, b, g in zip(samples, blocks, grids_per_row)
-    ]
+    """Model inputs of the teacher replay for every rollout row: left-padded teacher prompt + completion.
+
+    A prompt's G rows hold the same sample object; rows whose privileged block is the same too (no
+    feedback, or equal feedback) share one rendering and tokenisation."""
+    rendered: dict = {}
+    rows = []
+    for s, b, g in zip(samples, blocks, grids_per_row):
+        key = (id(s), b, tuple(g.flatten().tolist()))
+        if key not in rendered:
+            text = render_prompt(processor, s, s["frame_times"], s["video_duration"], b)
+            rendered[key] = expand_and_tokenize(processor, text, g)
+        rows.append(rendered[key])
     length = max(len(ids) for ids, _ in rows)
     pad_id = processor.tokenizer.pad_token_id
     n = len(rows)
@@ -67,15 +72,26 @@ def teacher_inputs(
 
 @torch.no_grad()
 def teacher_logits(
-    teacher_model, inputs: dict, completion_len: int, images_per_row: list[int] | None = None
+    teacher_model,
+    inputs: dict,
+    completion_len: int,
+    images_per_row: list[int] | None = None,
+    image_features: dict | None = None,
 ) -> torch.Tensor:
     """[N, C, V] logits of the teacher at the completion positions (logits[:, t] scores token t).
-    images_per_row: the rows' image counts, so that the G rollouts of a prompt share one vision pass."""
+    images_per_row: the rows' image counts, so that the G rollouts of a prompt share one vision pass.
+    image_features: the rows' image features already computed by these same weights (teacher=current:
+    the student's forward of these rows), so the frames are not encoded again."""
     was_training = teacher_model.training
     teacher_model.eval()
     try:
         out = forward_with_shared_vision(
-            teacher_model, inputs, images_per_row, logits_to_keep=completion_len + 1, use_cache=False
+            teacher_model,
+            inputs,
+            images_per_row,
+            image_features,
+            logits_to_keep=completion_len + 1,
+            use_cache=False,
         )
     finally:
         teacher_model.train(was_training)
