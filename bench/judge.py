@@ -135,12 +135,13 @@ def bench_faults() -> dict:
     }
 
 
-def bench_training_with_faults(steps: int = 20) -> dict:
-    """A 20-step VISD training run (tiny default) against the served judge with 30% injected 500/429s.
-
-    Every fault must be accounted for: each injected error is either retried or ends in a fallback,
-    so server errors <= judge retries + fallbacks, and the judge's HTTP attempts equal the server's.
-    """
+def train_against_served_judge(
+    steps: int, overrides: list[str], **server_options
+) -> tuple[list[dict], dict, float]:
+    """A VISD run (+experiment=ema_topk, tiny default) against the judge served in this process with
+    `server_options` (latency, error_rate, ...): (its training rows of metrics.csv, the server's counts,
+    the run's wall seconds)."""
+    import csv
     import tempfile
 
     from hydra import compose, initialize_config_dir
@@ -148,9 +149,7 @@ def bench_training_with_faults(steps: int = 20) -> dict:
     from visd_exp.train import train
 
     root = Path(__file__).resolve().parents[1]
-    server, thread, url = start_server(
-        "127.0.0.1", 0, error_rate=0.3, error_codes=(500, 429), retry_after=0.2
-    )
+    server, thread, url = start_server("127.0.0.1", 0, **server_options)
     try:
         with (
             tempfile.TemporaryDirectory() as tmp,
@@ -164,34 +163,44 @@ def bench_training_with_faults(steps: int = 20) -> dict:
                     f"judge.base_url={url}",
                     "judge.api_key_required=false",
                     "judge.cache_dir=null",
-                    "judge.backoff_max=1.0",
                     f"trainer.max_steps={steps}",
                     "logger=csv",
                     "callbacks.progress_bar=null",
                     f"paths.output_dir={tmp}",
+                    *overrides,
                 ],
             )
             t0 = time.perf_counter()
             train(cfg)
             wall = time.perf_counter() - t0
-            import csv
-
             with open(Path(tmp) / "csv" / "version_0" / "metrics.csv") as handle:
                 rows = [r for r in csv.DictReader(handle) if r.get("step_time")]  # not validation's rows
     finally:
         stop(server, thread)
+    return rows, dict(server.stats), wall
+
+
+def bench_training_with_faults(steps: int = 20) -> dict:
+    """A 20-step VISD training run (tiny default) against the served judge with 30% injected 500/429s.
+
+    Every fault must be accounted for: each injected error is either retried or ends in a fallback,
+    so server errors <= judge retries + fallbacks, and the judge's HTTP attempts equal the server's.
+    """
+    rows, server, wall = train_against_served_judge(
+        steps, ["judge.backoff_max=1.0"], error_rate=0.3, error_codes=(500, 429), retry_after=0.2
+    )
     total = {k: sum(float(r[k]) for r in rows) for k in ("judge/requests", "judge/retries", "judge/items")}
     fallbacks = sum(float(r["judge/fallback_rate"]) * float(r["judge/items"]) for r in rows)
     return {
         "steps_completed": len(rows),
         "wall_s": round(wall, 2),
-        "server": dict(server.stats),
+        "server": server,
         "judge_requests": int(total["judge/requests"]),
         "judge_retries": int(total["judge/retries"]),
         "judge_items": int(total["judge/items"]),
         "judge_fallbacks": round(fallbacks),
-        "every_request_counted": int(total["judge/requests"]) == server.stats["chat"],
-        "every_fault_counted": server.stats["errors"] <= total["judge/retries"] + round(fallbacks),
+        "every_request_counted": int(total["judge/requests"]) == server["chat"],
+        "every_fault_counted": server["errors"] <= total["judge/retries"] + round(fallbacks),
     }
 
 
@@ -202,44 +211,14 @@ def bench_overlap(steps: int = 15, latency: float = 0.15, skip: int = 3, overrid
     only at the first teacher forward, after the first student forward: `timing/judge` is the wait left.
     hidden_s = what a request takes (judge/latency_p50) - the wait (timing/judge), medians after `skip` steps.
     """
-    import csv
-    import tempfile
-
-    from hydra import compose, initialize_config_dir
-
-    from visd_exp.train import train
-
-    root = Path(__file__).resolve().parents[1]
-    server, thread, url = start_server("127.0.0.1", 0, latency=latency)
-    try:
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            initialize_config_dir(str(root / "conf"), version_base="1.3"),
-        ):
-            cfg = compose(
-                "train",
-                [
-                    "+experiment=ema_topk",
-                    "judge=openai",
-                    f"judge.base_url={url}",
-                    "judge.api_key_required=false",
-                    "judge.cache_dir=null",
-                    f"trainer.max_steps={steps}",
-                    "logger=csv",
-                    "callbacks.progress_bar=null",
-                    "callbacks.validation=null",
-                    "callbacks.model_checkpoint=null",
-                    "dumps.credit_every_n_steps=0",
-                    "save_hf_model=false",
-                    f"paths.output_dir={tmp}",
-                    *overrides,
-                ],
-            )
-            train(cfg)
-            with open(Path(tmp) / "csv" / "version_0" / "metrics.csv") as handle:
-                rows = [r for r in csv.DictReader(handle) if r.get("step_time")][skip:]
-    finally:
-        stop(server, thread)
+    quiet = [
+        "callbacks.validation=null",
+        "callbacks.model_checkpoint=null",
+        "dumps.credit_every_n_steps=0",
+        "save_hf_model=false",
+    ]
+    rows, _, _ = train_against_served_judge(steps, [*quiet, *overrides], latency=latency)
+    rows = rows[skip:]
 
     def med(key: str) -> float:
         return round(statistics.median(float(r[key]) for r in rows), 4)

@@ -18,7 +18,7 @@ forward, backward, optimizer, logging. Median over the steps after --skip; --rou
 (order rotated) in one session, and the reported ratio is the median over rounds of each round's ratio.
 Writes bench/results/vs_trl.json. TRL comes from the optional `bench` extra (`pip install -e .[bench]`).
 
-    .venv/bin/python bench/vs_trl.py [--steps 30] [--skip 5] [--rounds 3] [--new-tokens 128] [--size default|tiny]
+    .venv/bin/python bench/vs_trl.py [--steps 25] [--skip 5] [--rounds 7] [--new-tokens 128] [--size default|tiny]
 """
 
 from __future__ import annotations
@@ -287,9 +287,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--skip", type=int, default=5, help="first iterations left out of the medians")
-    parser.add_argument("--rounds", type=int, default=3, help="each runs ours and TRL once, order rotated")
+    parser.add_argument("--rounds", type=int, default=7, help="each runs ours and TRL once, order rotated")
     parser.add_argument("--new-tokens", type=int, default=128, help="new tokens of every completion")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=("default", "tiny"), default="default")
@@ -343,13 +343,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         "target": 1.0,
         "rounds": rounds,
         "trl_version": trl.__version__,
-        "new_tokens": args.new_tokens,
         "prompts_per_step": PROMPTS_PER_STEP,
         "num_generations": G,
-        "steps": args.steps,
-        "skip": args.skip,
-        "seed": args.seed,
-        "size": args.size,
+        **{key: getattr(args, key) for key in ("new_tokens", "steps", "skip", "seed", "size")},
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),

@@ -54,3 +54,13 @@ def write_square_video(
 @pytest.fixture
 def square_video(tmp_path) -> Path:
     return write_square_video(tmp_path / "videos" / "square.mp4")
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", PROJECT_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,16 +3,13 @@ same planned frames of a real h264 file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from conftest import PROJECT_ROOT
+from conftest import load_bench
 
 
 def test_decode_bench_runs_and_both_methods_agree(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_decode", PROJECT_ROOT / "bench" / "decode.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("decode")
     out = tmp_path / "decode.json"
     result = bench.main(
         ["--seconds", "3", "--size", "64x48", "--fps", "10", "--gop", "10", "--frames", "6", "--repeats", "1",

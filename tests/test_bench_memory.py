@@ -3,16 +3,13 @@ this size, where the interpreter's own memory dominates)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from conftest import PROJECT_ROOT
+from conftest import load_bench
 
 
 def test_memory_bench_runs_and_micro_batches_agree(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_memory", PROJECT_ROOT / "bench" / "memory.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("memory")
     out = tmp_path / "memory.json"
     result = bench.main(["--size", "tiny", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == result

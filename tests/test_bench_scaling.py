@@ -3,18 +3,15 @@ own processes, the fits and the plot are written."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import load_bench
 
 
 def test_scaling_bench_runs_both_sweeps_and_fits_them(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_scaling", PROJECT_ROOT / "bench" / "scaling.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("scaling")
     out = tmp_path / "scaling.json"
     result = bench.main(["--size", "tiny", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == result
@@ -29,9 +26,7 @@ def test_scaling_bench_runs_both_sweeps_and_fits_them(tmp_path):
 
 
 def test_growth_fit_recovers_known_exponents():
-    spec = importlib.util.spec_from_file_location("bench_scaling", PROJECT_ROOT / "bench" / "scaling.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("scaling")
     xs = [64, 128, 256, 512]
     quad = bench.growth(xs, [3.0 * x**2 for x in xs])
     assert quad["exponent"] == pytest.approx(2.0)

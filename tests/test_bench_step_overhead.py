@@ -3,20 +3,17 @@ variant, reads the per-step timings back and forms the ratios."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import load_bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_step_overhead_bench_runs(tmp_path, cache_dir):
-    spec = importlib.util.spec_from_file_location("bench_step", PROJECT_ROOT / "bench" / "step_overhead.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("step_overhead")
     out = tmp_path / "step_overhead.json"
     paths = [
         f"paths.cache_dir={cache_dir}",

@@ -4,21 +4,18 @@ the asked number of new tokens on both, and the ratio is formed from the two run
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import load_bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_vs_trl_bench_runs(tmp_path, cache_dir):
     pytest.importorskip("trl", reason="the optional `bench` extra (make install installs it)")
-    spec = importlib.util.spec_from_file_location("bench_vs_trl", PROJECT_ROOT / "bench" / "vs_trl.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("vs_trl")
     out = tmp_path / "vs_trl.json"
     paths = [
         f"paths.cache_dir={cache_dir}",
@@ -48,9 +45,7 @@ def test_trl_rows_are_our_prompts(tiny, tmp_path):
     from visd_exp.data.datamodule import VideoQADataset
     from visd_exp.data.frames import plan_frames, probe_video
 
-    spec = importlib.util.spec_from_file_location("bench_vs_trl", PROJECT_ROOT / "bench" / "vs_trl.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("vs_trl")
     _, processor = tiny
     video = write_square_video(tmp_path / "v.mp4")
     record = {

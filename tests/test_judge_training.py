@@ -164,13 +164,9 @@ def test_run_whose_judge_recovers_from_transient_errors_completes(cache_dir, tmp
 def test_judge_overlap_bench_runs(cache_dir, tmp_path):
     """bench/judge.py's overlap measurement at a tiny size, so that it cannot rot (not timed): VISD steps
     against the served judge with a set latency, reading back the wait and the request latency."""
-    import importlib.util
+    from conftest import load_bench
 
-    from conftest import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("bench_judge", PROJECT_ROOT / "bench" / "judge.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("judge")
     out = bench.bench_overlap(
         steps=2,
         latency=0.05,
