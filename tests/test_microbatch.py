@@ -251,9 +251,10 @@ def case_samples() -> list[dict]:
     ]  # fmt: skip
 
 
-def test_policy_update_runs_the_student_before_building_the_teacher_inputs(case):
-    """The order that lets the judge's calls overlap the update: student forward, then the teacher's inputs
-    (built once, on first need: VISD waits for the judge's feedback there), then the teacher forward."""
+def test_student_goes_first_only_while_the_judges_feedback_is_pending(case):
+    """With the teacher's inputs still to build (a remote judge's feedback on its way) the first micro-batch
+    runs the student first, so the judge's calls overlap its forward, then builds the inputs once; every
+    other micro-batch, and every one when the inputs are ready, runs the teacher first. Same results."""
     model, teacher, rollouts, inputs, advantages = case
     C = rollouts.completion_ids.shape[1]
     events = []
@@ -266,19 +267,25 @@ def test_policy_update_runs_the_student_before_building_the_teacher_inputs(case)
         events.append("teacher")
         return teacher_logits(teacher, x, C, images, features)
 
-    handle = model.register_forward_pre_hook(lambda *a: events.append("student"))
-    try:
-        replay = TeacherReplay(build_inputs, teacher_forward, CREDIT, lam=0.5)
-        lazy = policy_update(
+    def run(replay_inputs):
+        events.clear()
+        replay = TeacherReplay(replay_inputs, teacher_forward, CREDIT, lam=0.5)
+        out = policy_update(
             model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=3, replay=replay
         )
+        model.zero_grad(set_to_none=True)
+        return out, list(events)
+
+    handle = model.register_forward_pre_hook(lambda *a: events.append("student"))
+    try:
+        pending, pending_order = run(build_inputs)
+        ready, ready_order = run(inputs)
     finally:
         handle.remove()
-    model.zero_grad(set_to_none=True)
-    assert events == ["student", "inputs", "teacher", "student", "teacher"]
-    eager, _ = update(case, 3)  # the same update with the inputs built up front
-    torch.testing.assert_close(lazy.delta, eager.delta, atol=0, rtol=0)
-    assert lazy.loss.item() == eager.loss.item()
+    assert pending_order == ["student", "inputs", "teacher", "teacher", "student"]
+    assert ready_order == ["teacher", "student", "teacher", "student"]
+    torch.testing.assert_close(pending.delta, ready.delta, atol=0, rtol=0)
+    assert pending.loss.item() == ready.loss.item()
 
 
 # -- gradient accumulation across batches, through the training loop -----------------------------------

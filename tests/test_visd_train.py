@@ -102,7 +102,7 @@ def test_feedback_reaches_the_privileged_block(cache_dir, tmp_path, monkeypatch,
 
 
 def test_judge_calls_overlap_the_students_forward(cache_dir, tmp_path, monkeypatch):
-    """The judge is asked in a background thread: its call can still be under way when the update's first
+    """A remote judge is asked in a background thread: its call can still be under way when the update's first
     student forward starts. Here it waits for that forward (a judge asked before the update and waited for,
     as before, would wait in vain and report it), then answers as the rule judge does."""
     import threading
@@ -131,6 +131,7 @@ def test_judge_calls_overlap_the_students_forward(cache_dir, tmp_path, monkeypat
     monkeypatch.setattr(visd.VISDCredit, "ask_judge", ask)
     monkeypatch.setattr(visd.VISDCredit, "replay", replay)
     monkeypatch.setattr(RuleJudge, "judge_batch", judge_batch)
+    monkeypatch.setattr(RuleJudge, "overlap", True)  # the rule judge stands in for a remote one
     out = run(
         cache_dir, tmp_path, "+experiment=ema_topk", "trainer.max_steps=2", "dumps.credit_every_n_steps=1"
     )

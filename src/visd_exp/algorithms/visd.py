@@ -4,9 +4,10 @@
     -> the teacher replays the SAME completion tokens -> Delta_t (Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
 
 The replay and the credit run per micro-batch inside `policy_update` (step_forward.py): this unit builds
-the `TeacherReplay` it consumes. The judge is asked in a background thread as soon as the rollouts exist,
-and its feedback is awaited only when the first teacher forward needs it, after the first student forward:
-a remote judge's HTTP latency overlaps the student's forward (`timing/judge` is the wait that is left).
+the `TeacherReplay` it consumes. A remote judge (`judge.overlap`) is asked in a background thread as soon
+as the rollouts exist, and its feedback is awaited only when the first teacher forward needs it, after the
+first student forward: its HTTP latency overlaps the student's forward (`timing/judge` is the wait that
+is left). The rule judge is called in the step.
 It composes with any sequence-level unit (grpo, tgrpo, ffr): it reads only the rows that enter the loss and their records. The teacher itself (current / sync / EMA, Eq. 8) is
 built by teacher/ and updated by callbacks/teacher_update.py; lambda is annealed by
 callbacks/lambda_schedule.py.
@@ -79,17 +80,24 @@ class VISDCredit:
     def replay(self, student, rollouts, samples: list[dict], lam: float, watch):
         """(TeacherReplay for policy_update, the feedback as a Future) of this step's loss rows.
 
-        The judge starts now; the teacher's inputs r = (a*, e, f) are built when the first teacher forward
-        needs them. `timing/judge` is the time spent waiting for the feedback, not the judge's latency
-        (judge/latency_p50).
+        A remote judge starts now, beside the step; the teacher's inputs r = (a*, e, f) are built when the
+        first teacher forward needs them. `timing/judge` is the time spent waiting for the feedback, not
+        the judge's latency (judge/latency_p50). A local judge (the rule judge) answers here.
         """
-        asked = self.ask_judge(samples, rollouts.texts)
-
-        def inputs() -> dict:
+        if self.judge is None or not getattr(self.judge, "overlap", True):
+            asked = Future()
             with watch("judge"):
-                feedback = asked.result()
+                asked.set_result(self.feedback(samples, rollouts.texts))
             with watch("teacher"):
-                return self.replay_inputs(rollouts, samples, feedback)
+                inputs = self.replay_inputs(rollouts, samples, asked.result())
+        else:
+            asked = self.ask_judge(samples, rollouts.texts)
+
+            def inputs() -> dict:
+                with watch("judge"):
+                    feedback = asked.result()
+                with watch("teacher"):
+                    return self.replay_inputs(rollouts, samples, feedback)
 
         shares = self.teacher.model(student) is student  # teacher=current: one vision pass serves both
         forward = self.teacher_forward(student, rollouts)

@@ -42,6 +42,10 @@ class JudgeItem:
 
 @runtime_checkable
 class Judge(Protocol):
+    #: whether the training step should overlap a call with its update (a remote judge's latency); a judge
+    #: without the attribute is treated as remote
+    overlap: bool
+
     def judge_batch(self, items: Sequence[JudgeItem]) -> list[str | None]:
         """One feedback string per item; None means the judge fell back for that item."""
         ...

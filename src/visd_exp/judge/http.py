@@ -76,6 +76,8 @@ class _LoopThread:
 class HttpJudge:
     """Judge over an OpenAI-compatible ``POST {base_url}/chat/completions`` (``judge=openai|vllm``)."""
 
+    overlap = True  # network latency: the step overlaps the calls with the update's first student forward
+
     def __init__(
         self,
         base_url: str,
