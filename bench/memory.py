@@ -7,7 +7,7 @@ A random-weight Qwen2.5-VL of the real class (hidden 512, 8 layers, vocabulary 3
 tower; built from the config classes, nothing downloaded), N = 4 rollouts (one prompt x G = 4) of 768
 completion tokens, an EMA-style teacher with a 32-token privileged block, top-K credit (K = 16), lambda 0.5.
 One step is what `VISDModule.training_step` runs after the rewards: the old-log-prob recompute (no grad),
-then `policy_update` (student forward -> teacher replay -> Delta_t -> m_t -> A^_t -> Eq. 9 -> backward),
+then `policy_update` (teacher replay -> Delta_t -> m_t -> A^_t -> student forward -> Eq. 9 -> backward),
 micro-batch by micro-batch. Rollout generation is left out: its memory does not depend on the micro batch.
 
 Memory: each setting runs in a fresh subprocess; `peak_rss_mib` is that process's ru_maxrss (the
@@ -259,7 +259,7 @@ def run(size_name: str, threads: int) -> dict:
         "dtype": "float32",
         "measure": "ru_maxrss of a fresh subprocess per setting (peak_rss_mib); RSS sampled every 1 ms "
         "during the step, minus the RSS before it (step_peak_rise_mib); MALLOC_MMAP_THRESHOLD_=65536",
-        "step": "old-log-prob recompute + policy_update (forward, teacher replay, Delta_t, m_t, A^_t, backward)",
+        "step": "old-log-prob recompute + policy_update (teacher replay, Delta_t, m_t, A^_t, forward, backward)",
         "runs": runs,
         "peak_falls_with_micro_batch": all(a > b for a, b in zip(peaks, peaks[1:])),
         "max_abs_grad_full": grad_scale,
