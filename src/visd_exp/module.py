@@ -1,12 +1,12 @@
 """The LightningModule: the step every algorithm shares, top to bottom (VISD Algorithm 1).
 
     the algorithm's rollouts and rewards (algorithms/: grpo, tgrpo, ffr) -> group advantages A (Eq. 14)
-    -> VISD (algorithms/visd.py, whenever a teacher is configured): judge feedback f per rollout, asked in a
-       background thread so that its calls overlap the next two lines' forwards
+    -> VISD (algorithms/visd.py, whenever a teacher is configured): judge feedback f per rollout (a remote
+       judge is asked in a background thread, so that its calls overlap the next two lines' forwards)
     -> [old log-probs recomputed when the forward is not fp32]
-    -> per micro-batch (step_forward.py): the student's forward; the teacher replays the SAME tokens with
-       r = (a*, e, f) -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
-       -> clipped surrogate (Eq. 9 / 16) x n / N -> backward
+    -> per micro-batch (step_forward.py): the teacher replays the SAME tokens with r = (a*, e, f)
+       -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
+       -> the student's forward -> clipped surrogate (Eq. 9 / 16) x n / N -> backward
     -> every `optim.accumulate_grad_batches` batches: clip grad norm -> AdamW step
     (callbacks then update the teacher, Eq. 8, and anneal lambda: callbacks/lambda_schedule.py)
 
@@ -192,10 +192,10 @@ class VISDModule(L.LightningModule):
         with watch("reward"):
             advantages = group_advantages(rewards, G, eps=algo.adv_eps, std=algo.std)  # Eq. 14
 
-        # Step 3: VISD's privileged context: judge feedback f (asked now, in a background thread, while Step 4 and
-        # the first student forward run) and the teacher's inputs r = (a*, e, f), built once the feedback is in.
-        # The replay, Delta_t (Eq. 4), m_t (Eq. 5-6) and A^_t (Eq. 7) run per micro-batch in Step 5, after each
-        # student forward. GRPO: A^_t = A.
+        # Step 3: VISD's privileged context: judge feedback f (a remote judge is asked now, in a background thread,
+        # while Step 4 and the first student forward run) and the teacher's inputs r = (a*, e, f), built once the
+        # feedback is in. The replay, Delta_t (Eq. 4), m_t (Eq. 5-6) and A^_t (Eq. 7) run per micro-batch in
+        # Step 5. GRPO: A^_t = A.
         # Every step logs the same keys (a key missing at one step would repeat its stale value in the logs).
         credit_metrics = dict.fromkeys(CREDIT_KEYS, math.nan) if self.teacher is not None else {}
         if self.teacher is not None:

@@ -7,9 +7,9 @@ The replay and the credit run per micro-batch inside `policy_update` (step_forwa
 the `TeacherReplay` it consumes. A remote judge (`judge.overlap`) is asked in a background thread as soon
 as the rollouts exist, and its feedback is awaited only when the first teacher forward needs it, after the
 first student forward: its HTTP latency overlaps the student's forward (`timing/judge` is the wait that
-is left). The rule judge is called in the step.
-It composes with any sequence-level unit (grpo, tgrpo, ffr): it reads only the rows that enter the loss and their records. The teacher itself (current / sync / EMA, Eq. 8) is
-built by teacher/ and updated by callbacks/teacher_update.py; lambda is annealed by
+is left). The rule judge is called in the step. It composes with any sequence-level unit (grpo, tgrpo,
+ffr): it reads only the rows that enter the loss and their records. The teacher itself (current / sync /
+EMA, Eq. 8) is built by teacher/ and updated by callbacks/teacher_update.py; lambda is annealed by
 callbacks/lambda_schedule.py.
 """
 
