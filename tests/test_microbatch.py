@@ -179,10 +179,11 @@ def test_min_completion_length_longer_than_the_limit_fails_at_start():
         build_algorithm(compose_train([*FAST, "algorithm.min_completion_length=97"]))  # FAST: max 96
 
 
-def test_teacher_current_reuses_the_students_image_features(case, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_teacher_current_reuses_the_students_image_features(case, monkeypatch, dtype):
     """teacher=current: the replay takes the student forward's image features (detached) instead of encoding
     the same frames with the same weights again: one vision pass per micro-batch instead of two, and the
-    same Delta_t, loss and gradients."""
+    same Delta_t, loss and gradients, in fp32 and under bf16 autocast (the features keep its dtype)."""
     model, _, rollouts, inputs, advantages = case
     C = rollouts.completion_ids.shape[1]
     calls = []
@@ -199,9 +200,10 @@ def test_teacher_current_reuses_the_students_image_features(case, monkeypatch):
         forward = lambda x, images, features=None: teacher_logits(model, x, C, images, features)  # noqa: E731
         replay = TeacherReplay(inputs, forward, CREDIT, lam=0.5, shares_student_vision=shares)
         model.zero_grad(set_to_none=True)
-        out = policy_update(
-            model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=3, replay=replay
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = policy_update(
+                model, rollouts, advantages, temperature=0.9, epsilon=0.2, micro_batch_size=3, replay=replay
+            )
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         return out, grads, len(calls)
