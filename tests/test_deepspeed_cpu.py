@@ -262,10 +262,6 @@ def test_zero3_resume_is_exact_on_every_rank(zero3_run, cache_dir, tmp_path):
             assert error <= (0.0 if original["step"] == 2 else 1e-6), (original["step"], part, error)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("VISD_TEST_DISTRIBUTED_EXTRA"),
-    reason="one more 2-process run (~65 s); set VISD_TEST_DISTRIBUTED_EXTRA=1",
-)
 def test_zero3_teacher_current_reuses_the_students_image_features(cache_dir, tmp_path):
     """ZeRO-3, teacher=current: the replay takes the student forward's image features instead of running the
     partitioned vision tower again (whose gather is collective); both ranks train 2 steps with a real

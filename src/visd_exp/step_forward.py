@@ -12,7 +12,7 @@ micro-batch of n rollouts, `policy_update` runs, in order:
 except while a remote judge's feedback is still pending (algorithms/visd.py asks it in a background
 thread): then the student's forward goes first, so that the judge's calls overlap it, and the teacher's
 inputs, which hold the feedback, are built when the teacher needs them. The teacher goes first otherwise:
-on CPU its forward measured about 20% slower while the student's graph was alive (0.19 against 0.16 s).
+on CPU its forward measured about 20% slower while the student's graph was alive (README: 0.19 against 0.16 s).
 With `teacher=current` (the teacher is the student) the replay reuses the student forward's image features,
 detached, instead of encoding the same frames again (models/shared_vision.py).
 
@@ -158,7 +158,11 @@ def policy_update(
         part = rollouts.select(rows)
         shares = replay is not None and replay.shares_student_vision and part.images_per_row is not None
         with timed("update"):  # teacher=current: the student's image features serve the teacher too
-            features = vision_features(model, part.model_inputs(), part.images_per_row) if shares else None
+            features = (
+                vision_features(model, part.pixel_values, part.image_grid_thw, part.images_per_row)
+                if shares
+                else None
+            )
         # the teacher first, unless a remote judge's feedback is pending (module docstring)
         teacher_first = replay is not None and not replay.pending()
         t_logits = teacher_replay(replay, rollouts, rows, features, timed) if teacher_first else None

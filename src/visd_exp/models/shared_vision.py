@@ -92,16 +92,17 @@ def without_pixels(inputs: dict, images_per_row: list[int] | None, model) -> dic
     shared = shared_image_features(
         model, inputs.get("pixel_values"), inputs.get("image_grid_thw"), images_per_row
     )
-    if shared is None:
-        return inputs
-    return {**{k: v for k, v in inputs.items() if k != "pixel_values"}, "mm_encoder_outputs": shared}
+    return inputs if shared is None else with_features(inputs, shared)
 
 
-def vision_features(model, inputs: dict, images_per_row: list[int]) -> dict:
+def with_features(inputs: dict, features: dict) -> dict:
+    """The inputs with `pixel_values` replaced by the rows' `mm_encoder_outputs`."""
+    return {**{k: v for k, v in inputs.items() if k != "pixel_values"}, "mm_encoder_outputs": features}
+
+
+def vision_features(model, pixel_values, image_grid_thw, images_per_row: list[int]) -> dict:
     """The rows' `mm_encoder_outputs`, computed here whether or not rows repeat (with grad when enabled)."""
-    return shared_image_features(
-        model, inputs["pixel_values"], inputs["image_grid_thw"], images_per_row, always=True
-    )
+    return shared_image_features(model, pixel_values, image_grid_thw, images_per_row, always=True)
 
 
 def detached(features: dict) -> dict:
@@ -119,6 +120,5 @@ def forward_with_shared_vision(
     """model(**inputs, **kwargs), encoding each distinct row's images once, or not at all when their
     `image_features` (`mm_encoder_outputs` of these rows, by the same weights) are given."""
     if image_features is not None:
-        rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
-        return model(**rest, mm_encoder_outputs=image_features, **kwargs)
+        return model(**with_features(inputs, image_features), **kwargs)
     return model(**without_pixels(inputs, images_per_row, model), **kwargs)
