@@ -2,7 +2,9 @@
 
     python -m visd_exp.judge.serve --host 127.0.0.1 --port 8008 [--latency 0.2] [--error-rate 0.3]
         [--error-codes 500,429] [--malformed-rate 0.1] [--malformed-kind mixed] [--retry-after 1]
-        [--fail-first 0] [--seed 0]
+        [--fail-first 0] [--seed 0] [--max-body-bytes 4194304] [--max-concurrency 16]
+        [--max-buffered-bytes 8388608] [--max-connections 64] [--request-timeout 10] [--busy-retry-after 1]
+        [--api-key-env VAR] [--insecure] [--verbose]
 
 Endpoints: POST /v1/chat/completions, GET /v1/models. The user message may come from any client: it is
 read as the paper's Appendix G.2 user prompt (by its field labels, whatever the system prompt; see
@@ -10,7 +12,11 @@ protocol.py), else with the paraphrase user template (or ``--user-template``). T
 the item and the reply's content is ``{"feedback": "..."}``. A request that cannot be read gets HTTP 400
 with an OpenAI-style error naming what is missing; a diagnosis that fails gets 500. Injected faults
 (429 replies carry Retry-After) come before the request is read.
-Standard library only (ThreadingHTTPServer), so it runs anywhere the package imports.
+
+Hostile input is refused before any body is read (limits.py): 401 without the key (``--api-key-env``),
+400/411/413 for a missing, malformed, chunked or oversized body, 503 + Retry-After past
+``--max-concurrency`` requests (or ``--max-buffered-bytes`` of bodies) in flight, 408 for slow senders. A non-loopback ``--host`` needs a key or
+``--insecure``. Standard library only (ThreadingHTTPServer), so it runs anywhere the package imports.
 """
 
 from __future__ import annotations
@@ -18,19 +24,27 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from visd_exp.judge.limits import (
+    GuardedHandler,
+    GuardedServer,
+    Limits,
+    Refusal,
+    api_key_from_env,
+    check_exposure,
+)
 from visd_exp.judge.prompts import load_template
 from visd_exp.judge.protocol import ProtocolError, read_request
 from visd_exp.judge.rule import RuleJudge
 
 MODEL_ID = "visd-rule-judge"
 MALFORMED_KINDS = ("mixed", "prose", "garbage", "empty")
+CHAT_ROUTES = ("/v1/chat/completions", "/chat/completions")
 
 
 @dataclass
@@ -47,25 +61,28 @@ class FaultOptions:
     seed: int = 0
 
 
-class JudgeServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # a burst of concurrent clients must not overflow the listen backlog
-
-    def __init__(self, address, faults: FaultOptions, verbose: bool = False, user_template=None) -> None:
-        super().__init__(address, _Handler)
+class JudgeServer(GuardedServer):
+    def __init__(
+        self,
+        address,
+        faults: FaultOptions,
+        verbose: bool = False,
+        user_template=None,
+        limits: Limits | None = None,
+        api_key: str | None = None,
+    ) -> None:
         if faults.malformed_kind not in MALFORMED_KINDS:
             raise ValueError(f"malformed_kind must be one of {MALFORMED_KINDS}")
+        super().__init__(address, _Handler, limits, api_key, verbose)
         self.faults = faults
-        self.verbose = verbose
         self.judge = RuleJudge()
         # Exact templates tried when a message is not G.2: the paraphrase, and the one given, if any.
         self.user_templates = [load_template(None, "user", "paraphrase")]
         if user_template is not None:
             self.user_templates.append(load_template(user_template, "user"))
-        self.stats: Counter = Counter()  # requests, chat, ok, errors, malformed, authorized, bad_requests
+        # stats: requests, chat, ok, errors, malformed, authorized, and refusals by kind (limits.STAT_NAMES)
         self.last_body: dict | None = None  # the last chat request body (tests check its parameters)
         self._rng = random.Random(faults.seed)
-        self._lock = threading.Lock()
 
     def draw_faults(self) -> tuple[int | None, str | None]:
         """(error status or None, malformed kind or None) for the next chat request."""
@@ -92,11 +109,6 @@ class JudgeServer(ThreadingHTTPServer):
         """Rule-judge feedback for a chat request body; ProtocolError when it cannot be read."""
         return self.judge.diagnose(read_request(body, self.user_templates)).feedback
 
-    def handle_error(self, request, client_address) -> None:
-        # Clients that time out close their socket mid-reply; that is expected, not worth a traceback.
-        if self.verbose:
-            super().handle_error(request, client_address)
-
 
 def _malform(content: str, kind: str) -> str:
     if kind == "prose":
@@ -106,53 +118,36 @@ def _malform(content: str, kind: str) -> str:
     return "feedback: the student did fine, I think (no JSON here)"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, so a client pool reuses connections
-    # Headers and body go out in two writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms each.
-    disable_nagle_algorithm = True
-    timeout = 30  # idle keep-alive connections release their thread eventually
+class _Handler(GuardedHandler):
     server: JudgeServer
 
-    def log_message(self, format, *args) -> None:
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def _reply(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode("utf-8")
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
     def do_GET(self) -> None:
-        with self.server._lock:
-            self.server.stats["requests"] += 1
+        self.server.count("requests")
+        self.admit(body=False)
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0":
+            self.close_connection = True  # a GET body is not read, so what follows it is not a request
         path = self.path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
             model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "visd-exp"}
-            self._reply(200, {"object": "list", "data": [model]})
+            self.reply(200, {"object": "list", "data": [model]})
         elif path in ("/health", "/v1/health"):
-            self._reply(200, {"status": "ok"})
+            self.reply(200, {"status": "ok"})
         else:
-            self._reply(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+            self.reply(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
     def do_POST(self) -> None:
         with self.server._lock:
             self.server.stats["requests"] += 1
             # Counted (never stored) so tests can check that a key is sent only when one is configured.
             self.server.stats["authorized"] += bool(self.headers.get("Authorization"))
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
+        length = self.admit(body=True)  # Refusal (401, 400, 411, 413) before any of the body is read
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path not in ("/v1/chat/completions", "/chat/completions"):
-            self._reply(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
-            return
+        if path not in CHAT_ROUTES:
+            raise Refusal(404, f"no route {path}")
+        with self.server.slot(length):  # Refusal(503) when full; bodies are buffered inside a slot only
+            self._chat(self.read_body(length))
+
+    def _chat(self, raw: bytearray) -> None:
         faults = self.server.faults
         code, malformed = self.server.draw_faults()
         if faults.latency > 0:
@@ -160,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         if code is not None:
             headers = {"Retry-After": f"{faults.retry_after:g}"} if code == 429 else None
             error = {"message": f"injected fault {code}", "type": "injected_fault", "code": code}
-            self._reply(code, {"error": error}, headers)
+            self.reply(code, {"error": error}, headers)
             return
         try:
             body = json.loads(raw or b"null")
@@ -180,11 +175,11 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server._lock:
                 self.server.stats["bad_requests"] += 1
             error = {"message": str(exc), "type": "invalid_request_error", "param": "messages", "code": None}
-            self._reply(400, {"error": error})
+            self.reply(400, {"error": error})
             return
         except Exception as exc:  # a readable request the rule judge could not diagnose: a server bug
             error = {"message": f"the rule judge failed: {type(exc).__name__}: {exc}", "type": "server_error"}
-            self._reply(500, {"error": error})
+            self.reply(500, {"error": error})
             return
         content = json.dumps({"feedback": feedback})
         if malformed:
@@ -193,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
             body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else MODEL_ID
         )
         message = {"role": "assistant", "content": content}
-        self._reply(
+        self.reply(
             200,
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -207,17 +202,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def start_server(
-    host: str = "127.0.0.1", port: int = 0, verbose: bool = False, user_template=None, **fault_options
+    host: str = "127.0.0.1",
+    port: int = 0,
+    verbose: bool = False,
+    user_template=None,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    insecure: bool = False,
+    **fault_options,
 ):
     """Serve in a daemon thread; returns (server, thread, base_url) with base_url ending in /v1.
 
     ``fault_options`` are the fields of FaultOptions; ``user_template`` the path of one more exact user
-    template to read messages with (after G.2 and the paraphrase template).
+    template to read messages with (after G.2 and the paraphrase template); ``api_key`` the key clients
+    must send as a Bearer token. A non-loopback ``host`` without a key raises ValueError unless ``insecure``.
     """
+    warning = check_exposure(host, bool(api_key), insecure)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if "error_codes" in fault_options:
         fault_options["error_codes"] = tuple(int(c) for c in fault_options["error_codes"])
     server = JudgeServer(
-        (host, port), FaultOptions(**fault_options), verbose=verbose, user_template=user_template
+        (host, port), FaultOptions(**fault_options), verbose, user_template, limits=limits, api_key=api_key
     )
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="visd-judge-server", daemon=True
@@ -252,24 +258,49 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="path of a custom user template clients render with (G.2 and the paraphrase are always read)",
     )
+    d = Limits()
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger bodies get 413")
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency, help="then 503 + Retry-After")
+    p.add_argument("--max-buffered-bytes", type=int, default=d.max_buffered_bytes, help="bodies in flight")
+    p.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds, then 408")
+    p.add_argument("--busy-retry-after", type=float, default=d.busy_retry_after, help="Retry-After on 503")
+    p.add_argument("--api-key-env", default=None, help="clients must send 'Authorization: Bearer $VAR'")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     codes = tuple(int(c) for c in a.error_codes.split(",") if c.strip())
-    server, thread, url = start_server(
-        a.host,
-        a.port,
-        verbose=a.verbose,
-        user_template=a.user_template,
-        latency=a.latency,
-        error_rate=a.error_rate,
-        error_codes=codes,
-        malformed_rate=a.malformed_rate,
-        malformed_kind=a.malformed_kind,
-        retry_after=a.retry_after,
-        fail_first=a.fail_first,
-        seed=a.seed,
-    )
-    print(f"visd judge server at {url} (model {MODEL_ID})", flush=True)
+    try:
+        limits = Limits(
+            max_body_bytes=a.max_body_bytes,
+            max_concurrency=a.max_concurrency,
+            max_buffered_bytes=a.max_buffered_bytes,
+            max_connections=a.max_connections,
+            request_timeout=a.request_timeout,
+            busy_retry_after=a.busy_retry_after,
+        )
+        api_key = api_key_from_env(a.api_key_env) if a.api_key_env else None
+        server, thread, url = start_server(
+            a.host,
+            a.port,
+            verbose=a.verbose,
+            user_template=a.user_template,
+            limits=limits,
+            api_key=api_key,
+            insecure=a.insecure,
+            latency=a.latency,
+            error_rate=a.error_rate,
+            error_codes=codes,
+            malformed_rate=a.malformed_rate,
+            malformed_kind=a.malformed_kind,
+            retry_after=a.retry_after,
+            fail_first=a.fail_first,
+            seed=a.seed,
+        )
+    except ValueError as exc:  # refused settings: say why and exit 2, before any port is bound
+        p.exit(2, f"{p.prog}: error: {exc}\n")
+    key = f"API key required (from ${a.api_key_env})" if api_key else "no API key"
+    print(f"visd judge server at {url} (model {MODEL_ID}; {key}; {limits})", flush=True)
     try:
         while thread.is_alive():
             thread.join(timeout=1.0)
