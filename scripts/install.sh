@@ -31,7 +31,7 @@ $PIP install -q --upgrade pip
 echo ">> installing torch==2.13.0 alone"
 $PIP install -q torch==2.13.0
 echo ">> installing visd-exp[dev,bench]"
-DS_BUILD_OPS=0 $PIP install -q -e ".[dev,bench]"
+DS_BUILD_OPS=0 $PIP install -q -e ".[dev,bench]" -c scripts/cpu-constraints.txt
 if $PIP list 2>/dev/null | grep -iqE '^(nvidia-|triton)'; then
   echo "!! CUDA packages were pulled into $VENV; torch must be the CPU wheel here" >&2
   exit 1
