@@ -337,7 +337,7 @@ def test_step_chooses_patched_rows_with_their_prompts_and_rir(tiny, video_batch,
     from hydra import compose, initialize_config_dir
 
     from conftest import PROJECT_ROOT
-    from visd_exp.algorithms import Policy, grpo
+    from visd_exp.algorithms import Policy
     from visd_exp.models import vision_token_ids
     from visd_exp.rollout import generation
     from visd_exp.utils.steps import Stopwatch
@@ -364,7 +364,6 @@ def test_step_chooses_patched_rows_with_their_prompts_and_rir(tiny, video_batch,
         calls.append(real(*args, **kwargs))
         return calls[-1]
 
-    monkeypatch.setattr(grpo, "generate_rollouts", recording)
     monkeypatch.setattr(generation, "generate_rollouts", recording)
 
     def s(acc, fmt, thk):

@@ -334,11 +334,11 @@ def fixed_rollouts(model, processor, batch, cfg, suppress_ids):
 
 def accumulated_gradient(cache_dir, out_dir, monkeypatch, batch_size: int, accumulate: int):
     """Run one optimizer step; return (gradient at the step, optimizer steps, training batches)."""
-    import visd_exp.algorithms.grpo as grpo
     import visd_exp.module as module
+    import visd_exp.rollout.generation as generation
     from visd_exp.train import train
 
-    monkeypatch.setattr(grpo, "generate_rollouts", fixed_rollouts)
+    monkeypatch.setattr(generation, "generate_rollouts", fixed_rollouts)
     # SFTModule (the warm start, when this test builds it) binds VISDModule's optimizer step at import:
     # import it before the spy replaces that step, or the warm start's steps are counted too
     import visd_exp.sft  # noqa: F401

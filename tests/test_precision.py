@@ -134,7 +134,7 @@ def test_bf16_compute_at_lr_1e6_moves_student_and_ema_teacher(cache_dir, tmp_pat
         assert (float(r["grad_norm"]) == 0.0) if tied else (float(r["grad_norm"]) > 0), r
     assert any(float(r["grad_norm"]) > 0 for r in rows)
     # ... while the sampling pass's bf16 log-probs were off: `generate` would have started away from 1
-    assert float(rows[0]["old_logprobs/sampled_abs_diff"]) > 1e-4
+    assert float(rows[0]["rollout/logprob_diff_mean"]) > 1e-4
 
 
 def test_generate_in_bf16_starts_the_ratio_away_from_1(cache_dir, tmp_path):

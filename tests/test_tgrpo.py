@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import visd_exp.algorithms.grpo as grpo_unit
+import visd_exp.rollout.generation as generation
 from test_logprob_consistency import make_batch
 from test_train_e2e import compose_train, fast, read_metrics, shared_paths
 from visd_exp.algorithms import Policy, build_algorithm
@@ -105,13 +105,13 @@ def test_shuffled_rollouts_see_permuted_frames(tiny, tmp_path, monkeypatch):
     algo = build_algorithm(cfg)
     assert algo.name == "tgrpo" and algo.G == 4 and algo.K == 2
 
-    calls, real = [], grpo_unit.generate_rollouts
+    calls, real = [], generation.generate_rollouts
 
     def recording(model, processor, inputs, algo_cfg, suppress):
         calls.append((inputs, int(algo_cfg.num_generations)))
         return real(model, processor, inputs, algo_cfg, suppress)
 
-    monkeypatch.setattr(grpo_unit, "generate_rollouts", recording)
+    monkeypatch.setattr(generation, "generate_rollouts", recording)
     watch = Stopwatch()
     step = algo.step(Policy(model, processor, vision_token_ids(processor.tokenizer)), batch, 0.0, watch)
 

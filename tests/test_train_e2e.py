@@ -113,6 +113,10 @@ def test_metrics_file_has_trl_names_for_every_step(trained_run):
     # the loader's wait between batches: none before the first batch, then measured
     waits = [float(r["timing/data_wait"]) for r in rows]
     assert math.isnan(waits[0]) and all(0 <= w < 60 for w in waits[1:])
+    # the HF engine samples from the trained model: nothing to push, and in fp32 its sampled log-probs are
+    # the trainer's forward's (rollout/engine.py)
+    assert all(float(r["timing/weight_sync"]) == 0.0 for r in rows)
+    assert all(0.0 <= float(r["rollout/logprob_diff_max"]) < 1e-3 for r in rows)
 
 
 def test_weights_changed_and_checkpoints_written(trained_run):

@@ -92,6 +92,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("max_samples"):
         dataset.records, dataset.plans = dataset.records[: cfg.max_samples], dataset.plans[: cfg.max_samples]
     datamodule.datasets[split] = dataset
+    engine = eval_engine(cfg, model, processor)
     batches = tqdm(datamodule.loader(split, shuffle=False), desc=f"evaluate {split}", unit="batch")
     samples: list[dict] = []  # the samples in the order predict() scores them (one row each)
 
@@ -102,7 +103,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     rows = []
     with open(out_dir / "predictions.jsonl", "w") as handle:
-        for i, row in enumerate(predict(model, processor, tap(batches), cfg.max_completion_length)):
+        for i, row in enumerate(
+            predict(model, processor, tap(batches), cfg.max_completion_length, engine=engine)
+        ):
             row = {**row, **benchmark_fields(samples[i])}  # what the benchmark protocols read; {} otherwise
             rows.append(row)
             handle.write(json.dumps(row) + "\n")
@@ -137,16 +140,33 @@ def evaluate(cfg: DictConfig) -> dict:
             batches = tqdm(datamodule.loader(split, shuffle=False), desc=f"evaluate {control}", unit="batch")
             with open(out_dir / f"predictions_{control}.jsonl", "w") as handle:
                 control_rows = []
-                for row in predict(model, processor, batches, cfg.max_completion_length):
+                for row in predict(model, processor, batches, cfg.max_completion_length, engine=engine):
                     control_rows.append(row)
                     handle.write(json.dumps(row) + "\n")
             report["controls"][control] = control_summary(summarize_predictions(control_rows))
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
         with open(out_dir / "report.md", "a") as handle:
             handle.write("\n" + controls_table(report["controls"]))
+    engine.close()
     log.info("report: %s", out_dir / "report.md")
     print((out_dir / "report.md").read_text())
     return report
+
+
+def eval_engine(cfg: DictConfig, model, processor):
+    """The rollout engine `rollout.engine` names (rollout/engine.py), holding the model's weights."""
+    from visd_exp.rollout.engine import build_engine
+
+    dtype = next(model.parameters()).dtype
+    limits = {
+        "max_images": int(cfg.data.get("max_frames") or 16),
+        "max_model_len": int(cfg.data.get("max_prompt_length") or 16384) + int(cfg.max_completion_length),
+        "max_num_seqs": int(cfg.batch_size),
+    }
+    precision = "32-true" if dtype == torch.float32 else "bf16-mixed"
+    engine = build_engine(cfg.get("rollout"), model, processor, precision=precision, limits=limits)
+    engine.sync(model, 0)
+    return engine
 
 
 def control_names(value) -> list[str]:

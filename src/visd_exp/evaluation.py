@@ -75,15 +75,23 @@ def score_prediction(completion: str, sample: Mapping) -> dict:
 
 @torch.no_grad()
 def predict(
-    model, processor, batches: Iterable[dict], max_completion_length: int, sampling: Mapping | None = None
+    model,
+    processor,
+    batches: Iterable[dict],
+    max_completion_length: int,
+    sampling: Mapping | None = None,
+    engine=None,
 ) -> Iterator[dict]:
     """Greedy (deterministic) completion of each prompt, scored: one row per sample.
 
     `sampling` ({num_generations, temperature, top_p, top_k}) samples num_generations completions per
     prompt instead, as the rollouts do: num_generations rows per sample, in the prompt's order. The
-    caller owns the RNG (seed it for numbers that repeat)."""
+    caller owns the RNG (seed it for numbers that repeat). engine: the rollout engine (rollout/engine.py;
+    None: HF generate on `model`)."""
     from visd_exp.models import vision_token_ids
-    from visd_exp.rollout.generation import generate_rollouts
+    from visd_exp.rollout.engine import HFEngine
+
+    engine = engine or HFEngine()
 
     if sampling is None:
         how = {"num_generations": 1, "do_sample": False}
@@ -92,7 +100,7 @@ def predict(
     how = OmegaConf.create({**how, "max_completion_length": int(max_completion_length)})
     suppress = vision_token_ids(processor.tokenizer)
     for batch in batches:
-        rollouts = generate_rollouts(model, processor, batch, how, suppress)
+        rollouts = engine.generate(model, processor, batch, how, suppress)
         samples = [s for s in batch["samples"] for _ in range(how.num_generations)]  # Eq. 14's row layout
         for text, sample in zip(rollouts.texts, samples, strict=True):
             yield score_prediction(text, sample)

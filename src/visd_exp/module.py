@@ -35,6 +35,8 @@ from visd_exp.judge import build_judge
 from visd_exp.models import vision_token_ids
 from visd_exp.objectives import check_advantage_config, group_advantages, group_std
 from visd_exp.precision import prepare_trained_weights, resolve_old_logprobs
+from visd_exp.rollout.engine import build_engine, engine_name
+from visd_exp.rollout.mismatch import engine_mismatch_metrics, truncated_is_weights
 from visd_exp.step_forward import micro_slices, policy_update, recompute_logprobs
 from visd_exp.teacher import build_teacher
 from visd_exp.utils.optim import adamw
@@ -78,8 +80,17 @@ class VISDModule(L.LightningModule):
         if k < 1:
             raise ValueError(f"optim.accumulate_grad_batches must be >= 1, got {k}")
         self.accumulated, self.window_finite = 0, True  # batches in the window; all their losses finite
-        # `generate` or `recompute`: setup() decides by trainer.precision (precision.py)
-        self.old_logprobs = resolve_old_logprobs(cfg.algorithm.get("old_logprobs"), "32-true")
+        # the rollout engine (rollout/engine.py), built on first use; its weights follow weights_version, bumped
+        # after every optimizer step and after a checkpoint is loaded
+        self.engine_name = engine_name(cfg.get("rollout"))
+        self.engine = None
+        self.weights_version = 0
+        # `generate` or `recompute`: setup() decides by trainer.precision and the engine (precision.py)
+        self.old_logprobs = resolve_old_logprobs(
+            cfg.algorithm.get("old_logprobs"), "32-true", self.engine_name
+        )
+        correction = cfg.algorithm.get("rollout_correction") or {}
+        self.is_cap = float(correction.get("cap", 2.0)) if correction.get("enabled") else None
         self.lam = 0.0  # set before every batch by LambdaSchedule
         self.teacher_active = self.teacher is not None
         self.stepped = False  # whether the last training_step took an optimizer step
@@ -118,9 +129,28 @@ class VISDModule(L.LightningModule):
         """fp32 master weights (half ones upcast under *-mixed, refused otherwise); old log-probs by precision."""
         precision = str(self.trainer.precision)
         prepare_trained_weights(self.model, precision, type(self.trainer.strategy).__name__)
-        self.old_logprobs = resolve_old_logprobs(self.cfg.algorithm.get("old_logprobs"), precision)
+        self.old_logprobs = resolve_old_logprobs(
+            self.cfg.algorithm.get("old_logprobs"), precision, self.engine_name
+        )
+
+    def rollout_engine(self):
+        """The engine every caller samples with (training, validation), holding the trainer's current weights:
+        built on first use, then pushed whenever its weights are older than the trainer's (start, resume)."""
+        if self.engine is None:
+            self.engine = build_engine(
+                self.cfg.get("rollout"),
+                self.model,
+                self.processor,
+                precision=str(self.trainer.precision) if self._trainer is not None else "32-true",
+                limits=engine_limits(self.cfg),
+            )
+        self.engine.sync(self.model, self.weights_version)
+        return self.engine
 
     def teardown(self, stage: str) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
         if self.credit is not None:
             self.credit.close()  # its judge thread first: no call may be under way when the judge closes
         if self.judge is not None:
@@ -165,6 +195,8 @@ class VISDModule(L.LightningModule):
         self.batches_seen = state["batches_seen"]
         self.skipped_steps, self.skipped_videos = state["skipped_steps"], state["skipped_videos"]
         self.accumulated = state.get("accumulated", 0)
+        # the loaded weights reach the engine before its next rollout (SFTModule borrows this hook too)
+        self.weights_version = getattr(self, "weights_version", 0) + 1
 
     # -- the step -----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -184,10 +216,15 @@ class VISDModule(L.LightningModule):
         # Steps 1-2: the algorithm's rollouts and the rewards they are standardised on (algorithms/: GRPO samples
         # G per prompt and scores them, Eq. 10; T-GRPO and FFR add rollouts and shape rewards), then the
         # group-relative advantages of the rows that enter the loss (Algorithm 1, lines 7-12; Eq. 14).
+        engine = self.rollout_engine()
         step = self.algorithm.step(
-            Policy(self.model, self.processor, self.suppress_ids), batch, progress, watch
+            Policy(self.model, self.processor, self.suppress_ids, engine), batch, progress, watch
         )
         rollouts, samples, scores, rewards = step.rollouts, step.samples, step.scores, step.rewards
+        # the sync check (vLLM): at step 0 and every rollout.vllm.verify_every steps a stale engine stops the run
+        watch.seconds["weight_sync"] = 0.0  # the push after this step's optimizer step (0 for the HF engine)
+        with watch("sync_check"):
+            sync_metrics = engine.verify(self.model, self.global_step) if self.accumulated == 0 else {}
         mask = rollouts.completion_mask.float()
         with watch("reward"):
             advantages = group_advantages(rewards, G, eps=algo.adv_eps, std=algo.std)  # Eq. 14
@@ -206,12 +243,13 @@ class VISDModule(L.LightningModule):
 
         # Step 4: old log-probs pi_old(y_t). `recompute` (auto: whenever the forward is not fp32) is a no-grad
         # forward with the update's micro-batches, so the first update's ratio (Eq. 17) is exactly 1.
-        sampled_logprobs = rollouts.old_logprobs
         if self.old_logprobs == "recompute":
             with watch("old_logprobs"):
                 rollouts.old_logprobs = recompute_logprobs(
                     self.model, rollouts, algo.temperature, self.micro_batch_size
                 )
+        # algorithm.rollout_correction: w_t = min(pi_old / pi_engine, cap), the engine's mismatch corrected
+        is_weights = truncated_is_weights(rollouts, self.is_cap) if self.is_cap is not None else None
 
         # Step 5: the clipped surrogate (Eq. 9 / 16) and its gradient, micro-batch by micro-batch; gradients
         # accumulate over `optim.accumulate_grad_batches` = k batches (each back-propagated / k).
@@ -234,6 +272,7 @@ class VISDModule(L.LightningModule):
                 self.accumulated + 1 == self.accumulate_grad_batches,
             ),
             watch=watch,
+            is_weights=is_weights,
         )
         if replay is not None:
             credit_metrics = credit.credit_stats(out.delta, out.weights, mask.bool(), self.cfg.credit.eps_w)
@@ -248,6 +287,9 @@ class VISDModule(L.LightningModule):
         if self.accumulated == self.accumulate_grad_batches:
             with watch("update"):
                 grad_norm = self.take_optimizer_step(optimizer, scheduler)
+            if self.stepped:  # the engine follows the trainer: new weights pushed now (timing/weight_sync)
+                self.weights_version += 1
+                watch.seconds["weight_sync"] += engine.sync(self.model, self.weights_version)
 
         with torch.no_grad():
             ratio = torch.exp(out.logprobs - rollouts.old_logprobs)  # rho_t (Eq. 17) of this update
@@ -278,10 +320,11 @@ class VISDModule(L.LightningModule):
             **credit_metrics,
             **step.metrics,  # the algorithm's own: tgrpo/*, ffr/*
         }
-        if self.old_logprobs == "recompute":  # how far the sampling pass's log-probs were from the forward's
-            metrics["old_logprobs/sampled_abs_diff"] = (
-                (sampled_logprobs - rollouts.old_logprobs).abs() * mask
-            ).sum() / valid
+        # how far the engine's sampled log-probs were from the trainer's forward (rollout/logprob_diff_*)
+        metrics.update(
+            engine_mismatch_metrics(rollouts.engine_logprobs, out.logprobs, mask, is_weights, self.is_cap)
+        )
+        metrics.update(sync_metrics)
         # rewards/<component>/mean and /masked_frac (K(x)), rewards/thk_tmp_{segment,point}/mean
         metrics.update(reward_metrics(scores, samples))
         if self.judge is not None:
@@ -343,3 +386,13 @@ class VISDModule(L.LightningModule):
             out,
             write,
         )
+
+
+def engine_limits(cfg) -> dict:
+    """What the rollout engine must hold: images per prompt, the longest sequence, sequences at once."""
+    algo, data = cfg.algorithm, cfg.data
+    return {
+        "max_images": int(data.get("max_frames") or 16),
+        "max_model_len": int(data.get("max_prompt_length") or 16384) + int(algo.max_completion_length),
+        "max_num_seqs": int(data.get("batch_size") or 1) * int(algo.num_generations),
+    }

@@ -78,11 +78,24 @@ def prepare_trained_weights(model: torch.nn.Module, precision: str, strategy: st
     return upcast
 
 
-def resolve_old_logprobs(setting: str | None, precision: str) -> str:
-    """`generate` or `recompute` for `algorithm.old_logprobs` (auto: recompute unless the forward is fp32)."""
+def resolve_old_logprobs(setting: str | None, precision: str, engine: str = "hf") -> str:
+    """`generate` or `recompute` for `algorithm.old_logprobs` (auto: recompute unless the forward is fp32).
+
+    With rollout.engine=vllm the sampling pass's log-probs are the engine's, not the trainer's policy's:
+    pi_old is always the trainer's no-grad forward (`recompute`), and `generate` is refused."""
     setting = str(setting or "auto")
     if setting not in OLD_LOGPROBS:
         raise ValueError(f"algorithm.old_logprobs must be one of {', '.join(OLD_LOGPROBS)}, got {setting!r}")
+    if engine != "hf":
+        if setting == "generate":
+            raise ValueError(
+                f"algorithm.old_logprobs=generate with rollout.engine={engine}: the engine's log-probs are "
+                "its own (another kernel, its own logit processing), not the trainer's policy's, so the "
+                "importance ratio would not start at 1. Use auto or recompute (the trainer's forward); the "
+                "engine-trainer gap is logged as rollout/logprob_diff_* and algorithm.rollout_correction "
+                "corrects for it."
+            )
+        return "recompute"
     if setting == "auto":
         return "generate" if str(precision) in FP32_FORWARD else "recompute"
     if setting == "generate" and str(precision) not in FP32_FORWARD:

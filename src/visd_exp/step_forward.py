@@ -138,12 +138,14 @@ def policy_update(
     loss_scale: float = 1.0,
     backward: Callable[[torch.Tensor], None] | None = None,
     watch=None,
+    is_weights: torch.Tensor | None = None,
 ) -> UpdateResult:
     """Forward and backward over all rollouts, one micro-batch at a time; gradients accumulate in .grad.
 
     advantages: [N] rollout advantages A (Eq. 14). loss_scale multiplies what is back-propagated (1 / k
     under gradient accumulation over k batches). backward: e.g. LightningModule.manual_backward.
     watch: an optional Stopwatch; the teacher replay is timed as `teacher`, the rest as `update`.
+    is_weights: [N, C] truncated importance weights for the rollout engine's mismatch, or None.
     """
     backward = backward or torch.Tensor.backward
     n_total = rollouts.num_rollouts
@@ -183,7 +185,8 @@ def policy_update(
             entropy_total += entropy_sum(logits.detach(), mask[rows], temperature)
             del logits
             # Eq. 9 on this micro-batch: its mean over n rollouts, x n / N = its share of the mean over N
-            loss = clipped_surrogate_loss(lp, part.old_logprobs, token_adv[rows], mask[rows], epsilon)
+            w = is_weights[rows] if is_weights is not None else None
+            loss = clipped_surrogate_loss(lp, part.old_logprobs, token_adv[rows], mask[rows], epsilon, w)
             loss = loss * ((rows.stop - rows.start) / n_total)
             backward(loss * loss_scale)
             loss_total = loss_total + loss.detach().float().cpu()

@@ -51,11 +51,17 @@ from visd_exp.data.datamodule import collate_prompts, encode_prompt
 from visd_exp.data.prompts import render_prompt
 from visd_exp.distributed.ranks import all_ranks
 from visd_exp.distributed.zero import generate_sync_kwargs
-from visd_exp.rollout import generation
 from visd_exp.rollout.generation import RolloutBatch
 from visd_exp.rollout.merge import merge_rows
 
-_PROMPT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+_PROMPT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "mm_token_type_ids",
+    "pixel_values",
+    "image_grid_thw",
+    "frames",
+)
 
 
 def _device(model) -> torch.device:
@@ -165,16 +171,12 @@ class FFR(GRPO):
         with watch("ffr_patch"):
             if rows:
                 prompts = patched_prompts(policy.processor, batch, rows, [patches[i] for i in rows], G)
-                repaired = generation.generate_rollouts(
-                    policy.model, policy.processor, prompts, self.patch_algo, policy.suppress_ids
-                )
+                repaired = policy.generate(prompts, self.patch_algo)
             elif anyone and generate_sync_kwargs(policy.model):
                 # hook (ZeRO-3, > 1 rank): another rank re-answers, so this one joins `generate` too (its
                 # all-gathers), on one unpatched prompt whose rollout is thrown away
                 one = {k: v[:1] for k, v in batch.items() if k in _PROMPT_KEYS}
-                generation.generate_rollouts(
-                    policy.model, policy.processor, one, self.patch_algo, policy.suppress_ids
-                )
+                policy.generate(one, self.patch_algo)
         chosen_scores = list(scores)
         repaired_correct = []
         if repaired is not None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from visd_exp.rewards import RewardConfig, score_batch
-from visd_exp.rollout.generation import RolloutBatch, generate_rollouts
+from visd_exp.rollout.engine import HFEngine
+from visd_exp.rollout.generation import RolloutBatch
 
 
 @dataclass
@@ -34,11 +35,17 @@ class StepRollouts:
 
 @dataclass
 class Policy:
-    """The student as the units use it: model, processor and the vision-token ids never sampled."""
+    """The student as the units use it: model, processor, the vision-token ids never sampled, and the
+    rollout engine that samples from it (rollout/engine.py: HF `generate` or a colocated vLLM engine)."""
 
     model: object
     processor: object
     suppress_ids: list[int]
+    engine: object = field(default_factory=HFEngine)
+
+    def generate(self, batch: dict, how) -> RolloutBatch:
+        """Completions of a collated batch's prompts under sampling settings `how` (every caller's path)."""
+        return self.engine.generate(self.model, self.processor, batch, how, self.suppress_ids)
 
 
 def answer_accuracy(score: dict) -> float:
@@ -69,7 +76,7 @@ class GRPO:
 
     def sample(self, policy: Policy, batch: dict) -> RolloutBatch:
         """Step 1: on-policy rollouts from the old policy (VISD Algorithm 1, line 7)."""
-        return generate_rollouts(policy.model, policy.processor, batch, self.algo, policy.suppress_ids)
+        return policy.generate(batch, self.algo)
 
     def score(self, texts: list[str], samples: list[dict], progress: float) -> list[dict]:
         """The verifier's components and total of each completion (Eq. 10-13)."""

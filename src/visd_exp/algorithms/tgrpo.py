@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import torch
 from omegaconf import OmegaConf
 
-from visd_exp.algorithms import grpo as grpo_unit  # generate_rollouts looked up at call time (tests patch it)
 from visd_exp.algorithms.grpo import GRPO, Policy, StepRollouts, answer_accuracy
 from visd_exp.rollout.generation import RolloutBatch
 
@@ -151,12 +150,14 @@ class TGRPO(GRPO):
         videos = [i for i, grid in enumerate(batch["image_grid_thw"]) if grid.shape[0] >= 2]
         if not videos:
             return None, videos
-        pixels, grids = [], []
+        pixels, grids, frames = [], [], []
         for i in videos:
             order = random_order(batch["image_grid_thw"][i].shape[0])
             pv, thw = shuffle_frames(batch["pixel_values"][i], batch["image_grid_thw"][i], order)
             pixels.append(pv)
             grids.append(thw)
+            if "frames" in batch:  # what an engine that encodes the frames itself (vLLM) is given
+                frames.append(batch["frames"][i][order])
         rows = torch.tensor(videos)
         shuffled = {
             "input_ids": batch["input_ids"][rows],  # the prompt text: timestamps still ascending
@@ -165,9 +166,9 @@ class TGRPO(GRPO):
             "pixel_values": pixels,  # only the visual order changed
             "image_grid_thw": grids,
         }
-        rollouts = grpo_unit.generate_rollouts(
-            policy.model, policy.processor, shuffled, self.shuffled_algo, policy.suppress_ids
-        )
+        if "frames" in batch:
+            shuffled["frames"] = frames
+        rollouts = policy.generate(shuffled, self.shuffled_algo)
         return rollouts, videos
 
     def step(self, policy: Policy, batch: dict, progress: float, watch) -> StepRollouts:

@@ -91,10 +91,18 @@ class ValidationCallback(L.Callback):
         loader = trainer.datamodule.loader("val", shuffle=False, batch_size=self.batch_size)
         num_batches = math.ceil(self.max_samples / loader.batch_size)
         model, processor = pl_module.model, pl_module.processor
+        # the run's rollout engine, holding the trainer's current weights (SFT has none: HF generate)
+        engine = pl_module.rollout_engine() if hasattr(pl_module, "rollout_engine") else None
         # Validation must not move training's RNG (exact resume): greedy decoding, and the state restored.
         rng = torch.get_rng_state()
         rows = list(
-            predict(model, processor, itertools.islice(loader, num_batches), self.max_completion_length)
+            predict(
+                model,
+                processor,
+                itertools.islice(loader, num_batches),
+                self.max_completion_length,
+                engine=engine,
+            )
         )
         torch.set_rng_state(rng)
         metrics = self.summary(rows[: self.max_samples], "val")
@@ -103,7 +111,9 @@ class ValidationCallback(L.Callback):
             with torch.random.fork_rng(devices=devices):  # every RNG it touches is restored on exit
                 torch.manual_seed(self.sampled_seed)
                 batches = itertools.islice(loader, num_batches)
-                rows = list(predict(model, processor, batches, self.max_completion_length, self.sampling))
+                rows = list(
+                    predict(model, processor, batches, self.max_completion_length, self.sampling, engine)
+                )
             g = int(self.sampling["num_generations"])
             metrics.update(self.summary(rows[: self.max_samples * g], "val/sampled"))
         return metrics

@@ -72,18 +72,22 @@ def clipped_surrogate_loss(
     token_advantages: torch.Tensor,
     mask: torch.Tensor,
     eps_pg: float,
+    is_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-J (Eq. 9 / 16), to be minimised: token mean within each rollout, then mean over rollouts.
 
     logprobs, old_logprobs, token_advantages, mask: [B, T]. `token_advantages` is A^_t (Eq. 7); for
     plain GRPO pass A broadcast over T. Rollouts with an empty mask contribute 0 to the sum but still
-    count in the mean over rollouts (1/G in Eq. 9).
+    count in the mean over rollouts (1/G in Eq. 9). is_weights: [B, T] truncated importance weights
+    min(pi_old / pi_engine, cap) of algorithm.rollout_correction (no gradient), or None.
     """
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)  # rho_t (Eq. 17)
     unclipped = ratio * token_advantages
     clipped = torch.clamp(ratio, 1.0 - eps_pg, 1.0 + eps_pg) * token_advantages
     per_token = torch.minimum(unclipped, clipped)  # min(rho A^, clip(rho) A^)
+    if is_weights is not None:  # the rollout engine's mismatch: w_t min(rho A^, clip(rho) A^)
+        per_token = per_token * is_weights.detach()
     per_rollout = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # 1/|y_i| sum_t
     return -per_rollout.mean()  # 1/G sum_i, negated for minimisation
 

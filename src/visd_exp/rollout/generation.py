@@ -36,6 +36,10 @@ class RolloutBatch:
     truncated: torch.Tensor  # [N] bool: hit max_completion_length with no end token
     texts: list[str]  # decoded completions (special tokens removed)
     images_per_row: list[int] | None = None  # images (frames) of each row, to split the vision tensors
+    # [N, C] float32: the sampled tokens' log-probs as the rollout engine computed them (HF: the same as
+    # old_logprobs from generate; vLLM: its processed log-probs). rollout/logprob_diff_* compares them with
+    # the trainer's forward; algorithm.rollout_correction weighs the loss by their ratio.
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def num_rollouts(self) -> int:
@@ -62,6 +66,7 @@ class RolloutBatch:
             truncated=self.truncated[rows],
             texts=self.texts[rows],
             images_per_row=self.images_per_row[rows],
+            engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows],
         )
 
     def model_inputs(self) -> dict:
@@ -207,6 +212,7 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
         truncated=truncated,
         texts=texts,
         images_per_row=images_per_row,
+        engine_logprobs=old_logprobs,
     )
 
 

@@ -48,6 +48,9 @@ def merge_rows(
     completion_ids = torch.cat([_right_pad(p.completion_ids, completion_len, pad_token_id) for p in parts])
     completion_mask = torch.cat([_right_pad(p.completion_mask, completion_len, 0) for p in parts])
     old_logprobs = torch.cat([_right_pad(p.old_logprobs, completion_len, 0.0) for p in parts])
+    engine = None
+    if all(p.engine_logprobs is not None for p in parts):
+        engine = torch.cat([_right_pad(p.engine_logprobs, completion_len, 0.0) for p in parts])
 
     # Drop columns no row uses: leading prompt columns masked everywhere, trailing completion columns too.
     used = prompt_mask.any(dim=0).nonzero()
@@ -63,6 +66,7 @@ def merge_rows(
         completion_ids=completion_ids[:, :stop],
         completion_mask=completion_mask[:, :stop],
         old_logprobs=old_logprobs[:, :stop],
+        engine_logprobs=None if engine is None else engine[:, :stop],
         truncated=torch.cat([p.truncated for p in parts]),
         texts=[t for p in parts for t in p.texts],
         images_per_row=[n for p in parts for n in p.images_per_row],
