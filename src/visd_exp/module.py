@@ -224,7 +224,8 @@ class VISDModule(L.LightningModule):
         # the sync check (vLLM): at step 0 and every rollout.vllm.verify_every steps a stale engine stops the run
         watch.seconds["weight_sync"] = 0.0  # the push after this step's optimizer step (0 for the HF engine)
         with watch("sync_check"):
-            sync_metrics = engine.verify(self.model, self.global_step) if self.accumulated == 0 else {}
+            # None mid-way through a gradient-accumulation window: checked once per optimizer step
+            sync_metrics = engine.verify(self.model, self.global_step if self.accumulated == 0 else None)
         mask = rollouts.completion_mask.float()
         with watch("reward"):
             advantages = group_advantages(rewards, G, eps=algo.adv_eps, std=algo.std)  # Eq. 14

@@ -50,7 +50,7 @@ class HFEngine:
         self.version = version
         return 0.0
 
-    def verify(self, model, step: int) -> dict[str, float]:
+    def verify(self, model, step: int | None) -> dict[str, float]:
         return {}
 
     def close(self) -> None:

@@ -116,6 +116,11 @@ class VLLMEngine:
             kwargs["enable_sleep_mode"] = bool(vcfg.get("sleep_between_rollouts", True))
         else:
             kwargs["kv_cache_memory_bytes"] = int(float(vcfg.get("kv_cache_gib", 0.25)) * 2**30)
+            # no chunked prefill on CPU: a request prefilled in chunks has its partial sample discarded and
+            # its seeded generator rewound, which CPU generators cannot do ("CPU Generator does not use
+            # offset", seen at 64 rollouts of the mid-size model); whole prompts are prefilled instead
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(kwargs["max_model_len"], 8192)
             if vcfg.get("sleep_between_rollouts", True):
                 log.info(
                     "rollout.vllm: sleep mode does not exist on CPU; the engine's KV cache (%.2f GiB) stays "
@@ -258,11 +263,11 @@ class VLLMEngine:
         )
 
     # -- the sync check -------------------------------------------------------------------------------
-    def verify(self, model, step: int) -> dict[str, float]:
+    def verify(self, model, step: int | None) -> dict[str, float]:
         """At step 0 and every verify_every steps: the engine and the trainer score the probe rollout.
         The same keys every step (NaN when not checked): a key missing at a step repeats its stale value."""
         skipped = {"rollout/sync_check_diff_mean": math.nan, "rollout/sync_check_diff_max": math.nan}
-        due = step == 0 or (self.verify_every > 0 and step % self.verify_every == 0)
+        due = step is not None and (step == 0 or (self.verify_every > 0 and step % self.verify_every == 0))
         if not due or self.probe is None:
             return skipped
         engine_lp = self.score(self.probe, self.probe_frames)
