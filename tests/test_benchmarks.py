@@ -561,7 +561,7 @@ def test_evaluate_adds_benchmark_reports(monkeypatch, tmp_path):
         def loader(self, split, shuffle):
             return [{"samples": samples[:4]}, {"samples": samples[4:]}]
 
-    def fake_predict(model, processor, batches, max_completion_length):
+    def fake_predict(model, processor, batches, max_completion_length, engine=None):
         for batch in batches:
             for sample in batch["samples"]:
                 yield score_prediction(completions[sample["id"]], sample)

@@ -157,7 +157,7 @@ def eval_engine(cfg: DictConfig, model, processor):
     """The rollout engine `rollout.engine` names (rollout/engine.py), holding the model's weights."""
     from visd_exp.rollout.engine import build_engine
 
-    dtype = next(model.parameters()).dtype
+    dtype = getattr(model, "dtype", torch.float32)  # (test doubles have no parameters)
     limits = {
         "max_images": int(cfg.data.get("max_frames") or 16),
         "max_model_len": int(cfg.data.get("max_prompt_length") or 16384) + int(cfg.max_completion_length),
