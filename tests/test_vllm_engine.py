@@ -314,3 +314,25 @@ def test_two_ranks_under_zero3_each_with_its_engine_pass_the_sync_check(cache_di
     with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("loss")]
     assert len(rows) == 3 and all(float(r["timing/weight_sync"]) > 0 for r in rows)
+
+
+def test_bench_rollout_engines_quick(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "bench/rollout_engines.py", "--quick", "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    result = json.loads(out.read_text())
+    row = result["rollouts"]["tiny"]["8"]
+    for engine in ("hf", "vllm"):  # 8 rollouts x 16 tokens, each checked to be exactly 16 long
+        assert row[f"{engine}_tokens_per_s"] == pytest.approx(8 * 16 / row[f"{engine}_s"])
+    assert result["rollouts"]["tiny"]["push_s"] > 0
+    train = result["training"]
+    assert train["hf"]["steps"] == train["vllm"]["steps"] == 2
+    assert train["hf"]["timing/weight_sync"] == 0 and train["vllm"]["timing/weight_sync"] > 0
