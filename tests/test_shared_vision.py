@@ -71,7 +71,11 @@ def test_logits_and_gradients_equal_encoding_every_copy(tiny, rollouts, dtype):
     for name in plain_grads:
         scale = plain_grads[name].abs().max().clamp(min=1e-6)
         err = (shared_grads[name] - plain_grads[name]).abs().max() / scale
-        assert err < (1e-4 if dtype == torch.float32 else 0.1), name
+        # bf16: 0.1 of the gradient's scale; the patch embedding's weight gradient, a bf16 reduction over every
+        # patch (3 times fewer when shared), measured 0.19 under transformers 5.19.0 (0.005 or less elsewhere;
+        # the fp32 case above holds it to 1e-4, so the sharing itself is exact)
+        bound = 1e-4 if dtype == torch.float32 else (0.25 if "patch_embed" in name else 0.1)
+        assert err < bound, name
 
 
 def test_rows_that_all_differ_take_the_plain_path(tiny, rollouts):
