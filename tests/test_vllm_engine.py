@@ -329,7 +329,7 @@ def test_bench_rollout_engines_quick(tmp_path):
         timeout=600,
     )
     result = json.loads(out.read_text())
-    row = result["rollouts"]["tiny"]["8"]
+    row = result["rollouts"]["tiny"]["rollouts"]["8"]
     for engine in ("hf", "vllm"):  # 8 rollouts x 16 tokens, each checked to be exactly 16 long
         assert row[f"{engine}_tokens_per_s"] == pytest.approx(8 * 16 / row[f"{engine}_s"])
     assert result["rollouts"]["tiny"]["push_s"] > 0
