@@ -268,7 +268,10 @@ class VLLMEngine:
         The same keys every step (NaN when not checked): a key missing at a step repeats its stale value."""
         skipped = {"rollout/sync_check_diff_mean": math.nan, "rollout/sync_check_diff_max": math.nan}
         due = step is not None and (step == 0 or (self.verify_every > 0 and step % self.verify_every == 0))
-        if not due or self.probe is None:
+        if not due:
+            return skipped
+        if self.probe is None:  # every rollout so far was empty: nothing to score yet, said, not silent
+            log.warning("rollout.vllm: no sync check at step %s: no non-empty rollout to score yet", step)
             return skipped
         engine_lp = self.score(self.probe, self.probe_frames)
         with torch.no_grad():
