@@ -56,3 +56,13 @@ def all_ranks(flag: bool, device=None) -> bool:
     value = torch.tensor(1 if flag else 0, dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of every rank's `value` (collective; `value` itself with one process)."""
+    dist = _dist()
+    if dist is None:
+        return float(value)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, float(value))
+    return max(gathered)

@@ -36,8 +36,12 @@ class VISDDeepSpeedStrategy(DeepSpeedStrategy):
 
     def setup(self, trainer) -> None:
         # bf16/fp16: the engine casts the whole module; the EMA teacher keeps an fp32 state (zero.py)
+        # (ZeRO-3: no full fp32 copy; each rank keeps the state of its own partitions, teacher/sharded.py)
         precision = str(getattr(self.precision_plugin, "precision", ""))
-        if precision.startswith(("bf16", "16")) and self.lightning_module is not None:
+        teacher = getattr(self.lightning_module, "teacher", None)
+        if self.zero_stage_3 and teacher is not None and getattr(teacher, "master", None) is not None:
+            teacher.master = None  # a full fp32 copy on every rank: what the per-rank state replaces
+        elif precision.startswith(("bf16", "16")) and self.lightning_module is not None:
             from visd_exp.distributed.zero import ensure_fp32_teacher_state
 
             ensure_fp32_teacher_state(self.lightning_module)
