@@ -272,3 +272,22 @@ def test_submitit_local_sweep_writes_both_runs_and_the_summary(cache_dir, tmp_pa
     assert row["reward"] != "nan" and row["grad_norm"] != "nan"
     assert f"summary of 1 experiments: {sweep / 'summary.md'}" in result.stdout
     assert "| grpo |" in (sweep / "summary.md").read_text()
+
+
+def test_submitit_slurm_launcher_takes_the_readme_overrides():
+    """The SLURM launcher's config group is installed (the slurm extra) and the README's sweep command
+    composes: each key is a field of the plugin's structured config, which rejects unknown ones."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    (command,) = re.findall(
+        r"python -m visd_exp\.train -m hydra/launcher=submitit_slurm[^`]*?(?=\n```)", readme, re.S
+    )
+    overrides = [word for word in command.replace("\\\n", " ").split()[4:] if "=" in word]
+    launcher = [o for o in overrides if o.startswith("hydra.launcher.")]
+    assert launcher, command
+    plain = [o.replace("<partition>", "gpu") for o in overrides if "," not in o]  # one job of the sweep
+    cfg = compose_with_hydra(plain)
+    assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    for override in launcher:
+        key, value = override.removeprefix("hydra.launcher.").split("=", 1)
+        assert str(cfg.hydra.launcher[key]) == value.replace("<partition>", "gpu")
+    assert cfg.hydra.launcher.max_num_timeout == 0  # a resubmitted job would start over: see the README
