@@ -238,6 +238,7 @@ def test_preflight_names_what_disagrees(overrides, changes, expected):
         assert needle in problem
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_writes_both_runs_and_the_summary(cache_dir, tmp_path):
     """`hydra/launcher=submitit_local`: each job is its own submitit subprocess; the summary is written by
     the Hydra callback in the launching process once both have returned."""
