@@ -8,6 +8,7 @@ python -m visd_exp.train +experiment=sft data=jsonl data.train_file=sft.jsonl   
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -46,6 +47,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from visd_exp.data.datamodule import VideoQADataModule
     from visd_exp.models import load_model_and_processor
+    from visd_exp.models.partitioned import load_partitioned, load_processor_only, wants_partitioned_init
     from visd_exp.module import VISDModule
     from visd_exp.utils.recipe import check_prompts_per_step, check_required_values
     from visd_exp.utils.setup import (
@@ -70,7 +72,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
 
     check_judge(cfg)  # a misconfigured remote judge (missing key, bad options) fails before the model loads
-    model, processor = load_model_and_processor(cfg.model, cfg.data)
+    if wants_partitioned_init(cfg) and not is_sft(cfg):
+        # ZeRO-3: the module builds the student (and teacher) partitioned inside zero.Init, reading the
+        # weights file by file (models/partitioned.py); here only the processor is loaded
+        processor = load_processor_only(cfg.model, cfg.data)
+        model = functools.partial(load_partitioned, cfg.model, cfg.data)
+    else:
+        model, processor = load_model_and_processor(cfg.model, cfg.data)
     if is_sft(cfg):  # the same data module and prompts as RL; train records without a target dropped
         from visd_exp.sft import SFTModule, sft_datamodule
 

@@ -157,9 +157,22 @@ def sync_copy(teacher: nn.Module, student: nn.Module) -> None:
         t.copy_(s)
 
 
-def build_teacher(cfg, student: nn.Module) -> TeacherState | None:
-    """TeacherState for the `teacher` config node, or None for `none`."""
+def teacher_kind(cfg) -> str | None:
+    """The `teacher` config node's name (current, sync, ema), or None for `none` / no node."""
+    node = cfg.get("teacher") if cfg is not None else None
+    name = node.get("name", "none") if node is not None else "none"
+    return None if name in (None, "none") else str(name)
+
+
+def build_teacher(cfg, student: nn.Module, copy_module: nn.Module | None = None) -> TeacherState | None:
+    """TeacherState for the `teacher` config node, or None for `none` (copy_module: see TeacherState)."""
     name = cfg.get("name", "none") if cfg is not None else "none"
     if name in (None, "none"):
         return None
-    return TeacherState(name, student, rate=cfg.get("rate", 0.01), every_n_steps=cfg.get("every_n_steps", 10))
+    return TeacherState(
+        name,
+        student,
+        rate=cfg.get("rate", 0.01),
+        every_n_steps=cfg.get("every_n_steps", 10),
+        copy_module=copy_module,
+    )

@@ -10,7 +10,8 @@ def adamw(model: torch.nn.Module, optim) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+            ndim = len(getattr(param, "ds_shape", param.shape))  # ZeRO-3 partitioned: .shape is the shard's
+            (no_decay if ndim < 2 or "norm" in name else decay).append(param)
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": optim.weight_decay},
