@@ -29,16 +29,18 @@ from visd_exp import credit
 from visd_exp.algorithms import Policy, build_algorithm
 from visd_exp.algorithms.visd import VISDCredit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
-from visd_exp.distributed.ranks import all_ranks, own_rank_state, rank_states
+from visd_exp.distributed.ranks import all_ranks, max_over_ranks, own_rank_state, rank_states
 from visd_exp.distributed.zero import accumulating_backward, clip_grad_norm
 from visd_exp.judge import build_judge
 from visd_exp.models import vision_token_ids
+from visd_exp.models.partitioned import copy_partitions, empty_like
 from visd_exp.objectives import check_advantage_config, group_advantages, group_std
 from visd_exp.precision import prepare_trained_weights, resolve_old_logprobs
 from visd_exp.rollout.engine import build_engine, engine_name
 from visd_exp.rollout.mismatch import engine_mismatch_metrics, truncated_is_weights
 from visd_exp.step_forward import micro_slices, policy_update, recompute_logprobs
 from visd_exp.teacher import build_teacher
+from visd_exp.teacher.variants import teacher_kind
 from visd_exp.utils.optim import adamw
 from visd_exp.utils.steps import Stopwatch, numpy_rng_state, reward_metrics, set_numpy_rng_state
 
@@ -51,12 +53,29 @@ CREDIT_KEYS = (
 )
 
 
+def memory_metrics(module) -> dict[str, float]:
+    """memory/model_fp32_bytes (the whole student in fp32, however sharded) and memory/teacher_state_bytes
+    (this rank's fp32 teacher state: 1 / N of the model's under ZeRO-3), logged at start."""
+    numel = sum(getattr(p, "ds_numel", p.numel()) for p in module.model.parameters())
+    teacher = getattr(module, "teacher", None)
+    teacher = teacher.state_bytes() if teacher is not None else 0
+    return {
+        "memory/model_fp32_bytes": 4.0 * numel,
+        "memory/teacher_state_bytes": float(teacher),
+        "memory/teacher_state_bytes_max_rank": max_over_ranks(teacher),  # collective
+    }
+
+
 class VISDModule(L.LightningModule):
     """Holds the student policy (and, for VISD, a teacher) and runs the training step."""
 
     def __init__(self, model, processor, cfg):
+        """model: the student, or a function that builds it; a function is called in `configure_model`,
+        which Lightning runs inside `deepspeed.zero.Init` under ZeRO-3 (models/partitioned.py)."""
         super().__init__()
-        self.model = model.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
+        self.build_model = None if isinstance(model, torch.nn.Module) else model
+        # from_pretrained returns eval mode; rollouts switch to eval themselves
+        self.model = model.train() if self.build_model is None else None
         self.processor = processor
         self.cfg = cfg  # the whole composed config (algorithm, reward, optim, ...)
         # Eq. 14's sigma_G estimator and eps, checked at start (std=unbiased needs G >= 2)
@@ -65,17 +84,14 @@ class VISDModule(L.LightningModule):
         self.suppress_ids = vision_token_ids(processor.tokenizer)
         # the sequence-level unit (algorithms/: grpo, tgrpo, ffr): rollouts, rewards, the rows of the loss
         self.algorithm = build_algorithm(cfg)
-        self.teacher = build_teacher(cfg.get("teacher"), self.model)  # None for plain GRPO
-        self.judge = build_judge(cfg.judge) if self.teacher is not None and cfg.get("judge") else None
+        self.has_teacher = teacher_kind(cfg) is not None  # False for plain GRPO
+        self.judge = build_judge(cfg.judge) if self.has_teacher and cfg.get("judge") else None
         # rollouts per forward pass (None = all N) and batches per optimizer step (step_forward.py)
         self.micro_batch_size = cfg.algorithm.get("micro_batch_size")
         micro_slices(1, self.micro_batch_size)  # checked at start
-        # VISD's token credit (algorithms/visd.py) whenever there is a teacher; GRPO's A^_t = A otherwise
-        self.credit = (
-            VISDCredit(cfg, processor, self.teacher, self.judge, self.micro_batch_size)
-            if self.teacher is not None
-            else None
-        )
+        self.teacher = self.credit = None
+        if self.model is not None:
+            self.attach_teacher()
         self.accumulate_grad_batches = k = int(cfg.optim.get("accumulate_grad_batches", 1))
         if k < 1:
             raise ValueError(f"optim.accumulate_grad_batches must be >= 1, got {k}")
@@ -92,7 +108,7 @@ class VISDModule(L.LightningModule):
         correction = cfg.algorithm.get("rollout_correction") or {}
         self.is_cap = float(correction.get("cap", 2.0)) if correction.get("enabled") else None
         self.lam = 0.0  # set before every batch by LambdaSchedule
-        self.teacher_active = self.teacher is not None
+        self.teacher_active = self.has_teacher
         self.stepped = False  # whether the last training_step took an optimizer step
         self.batches_seen = 0  # data position, saved in checkpoints (exact resume)
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
@@ -102,10 +118,32 @@ class VISDModule(L.LightningModule):
         self.batch_end_time: float | None = None
         self.data_wait = math.nan
 
+    def attach_teacher(self, copy_module=None) -> None:
+        """The teacher (teacher/variants.py; copy_module: its copy, when built partitioned) and VISD's token
+        credit (algorithms/visd.py) whenever there is a teacher; GRPO's A^_t = A otherwise."""
+        self.teacher = build_teacher(self.cfg.get("teacher"), self.model, copy_module)
+        self.credit = (
+            VISDCredit(self.cfg, self.processor, self.teacher, self.judge, self.micro_batch_size)
+            if self.teacher is not None
+            else None
+        )
+
+    def configure_model(self) -> None:
+        """Under ZeRO-3 (a model function was given): the student built partitioned, read file by file, and
+        the teacher copy filled from its partitions; no rank ever holds the whole model."""
+        if self.model is not None:
+            return
+        self.model = self.build_model().train()
+        copy_module = None
+        if teacher_kind(self.cfg) in ("sync", "ema"):
+            copy_module = empty_like(self.model)
+            copy_partitions(copy_module, self.model)
+        self.attach_teacher(copy_module)
+
     def configure_callbacks(self):
         # Part of the method, not of the logging set-up: always present, whatever `callbacks` holds.
         callbacks = [LambdaSchedule(self.cfg.schedule)] if self.cfg.get("schedule") else []
-        if self.teacher is not None:
+        if self.has_teacher:
             callbacks.append(TeacherUpdate())
         return callbacks
 
@@ -120,7 +158,13 @@ class VISDModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Data set-up counts (records, over-long prompts dropped, bad records skipped) at step 0."""
-        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer is not None else None
+        teacher = getattr(self, "teacher", None)  # SFTModule borrows this hook and has none
+        if teacher is not None:
+            teacher.prepare()  # ZeRO-3: this rank's fp32 teacher state, once the engine exists
+        stats = (
+            dict(getattr(self.trainer.datamodule, "stats", None) or {}) if self.trainer is not None else {}
+        )
+        stats.update(memory_metrics(self))  # memory/*: this rank's bytes by item (distributed/memory.py)
         if stats:
             for logger in self.trainer.loggers:
                 logger.log_metrics({k: float(v) for k, v in stats.items()}, step=self.global_step)
@@ -128,7 +172,8 @@ class VISDModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """fp32 master weights (half ones upcast under *-mixed, refused otherwise); old log-probs by precision."""
         precision = str(self.trainer.precision)
-        prepare_trained_weights(self.model, precision, type(self.trainer.strategy).__name__)
+        if self.model is not None:  # else built in configure_model, under DeepSpeed (its own fp32 masters)
+            prepare_trained_weights(self.model, precision, type(self.trainer.strategy).__name__)
         self.old_logprobs = resolve_old_logprobs(
             self.cfg.algorithm.get("old_logprobs"), precision, self.engine_name
         )
@@ -183,6 +228,10 @@ class VISDModule(L.LightningModule):
         }
         # hook (multi-process): every rank's RNG states and the world size (collective on all ranks)
         checkpoint["visd_state"].update(rank_states(checkpoint["visd_state"]["rng"]))
+        teacher = getattr(self, "teacher", None)  # SFTModule borrows this hook
+        shards = teacher.shards if teacher is not None else None
+        if shards is not None:  # hook (DeepSpeed ZeRO-3): this rank's teacher partitions, in this rank's file
+            checkpoint["teacher_shard"] = shards.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("visd_state")
@@ -195,6 +244,14 @@ class VISDModule(L.LightningModule):
         self.batches_seen = state["batches_seen"]
         self.skipped_steps, self.skipped_videos = state["skipped_steps"], state["skipped_videos"]
         self.accumulated = state.get("accumulated", 0)
+        teacher = getattr(self, "teacher", None)  # SFTModule borrows this hook
+        shards = teacher.shards if teacher is not None else None
+        if shards is not None:
+            if "teacher_shard" not in checkpoint:
+                raise RuntimeError(
+                    "this ZeRO-3 checkpoint has no teacher shard (written by another version?)"
+                )
+            shards.load_state_dict(checkpoint["teacher_shard"])
         # the loaded weights reach the engine before its next rollout (SFTModule borrows this hook too)
         self.weights_version = getattr(self, "weights_version", 0) + 1
 
