@@ -76,7 +76,7 @@ def test_prepare_trained_weights_upcasts_under_mixed_and_refuses_pure_half():
         prepare_trained_weights(weights(dtype=torch.float32), "bf16-true")
     assert prepare_trained_weights(layer, "bf16-mixed") == 1 and layer.weight.dtype == torch.float32
     assert prepare_trained_weights(weights(), "bf16-true", "DeepSpeedStrategy") == 0  # its own fp32 masters
-    assert resolve_old_logprobs("auto", "bf16-mixed") == "recompute"
+    assert resolve_old_logprobs("auto", "bf16-mixed") == "current"  # one update per batch: no recompute
     assert resolve_old_logprobs("auto", "32-true") == "generate"
     assert resolve_old_logprobs("generate", "bf16-mixed") == "generate"
     with pytest.raises(ValueError, match="old_logprobs"):
@@ -102,7 +102,7 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
 
 def test_bf16_compute_at_lr_1e6_moves_student_and_ema_teacher(cache_dir, tmp_path):
     """bf16 weights loaded (as the 7B config does) + bf16-mixed: fp32 masters and an fp32 EMA train at lr
-    1e-6; old log-probs are recomputed (auto), so every update's ratio is exactly 1."""
+    1e-6; old log-probs are the update's own forward (auto: current), so every update's ratio is exactly 1."""
     out = tmp_path / "bf16"
     cfg = run(
         cache_dir,
@@ -126,7 +126,7 @@ def test_bf16_compute_at_lr_1e6_moves_student_and_ema_teacher(cache_dir, tmp_pat
 
     rows = read_metrics(out)
     assert len(rows) == 3
-    for r in rows:  # recompute: the ratio of each (single) update is exactly 1, so nothing is clipped
+    for r in rows:  # current: the ratio of each (single) update is exactly 1, so nothing is clipped
         assert float(r["ratio/mean"]) == 1.0 and float(r["clip_ratio"]) == 0.0
         assert math.isfinite(float(r["loss"]))
         # a batch whose groups all tie has A = 0 everywhere (Eq. 14): no gradient, rightly

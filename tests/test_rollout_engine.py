@@ -33,7 +33,7 @@ def test_engine_is_a_key_of_the_rollout_node():
 
 def test_old_logprobs_under_vllm_are_the_trainers():
     assert resolve_old_logprobs("auto", "32-true", "hf") == "generate"
-    assert resolve_old_logprobs("auto", "32-true", "vllm") == "recompute"
+    assert resolve_old_logprobs("auto", "32-true", "vllm") == "current"  # the trainer's forward, no extra one
     assert resolve_old_logprobs("recompute", "bf16-mixed", "vllm") == "recompute"
     with pytest.raises(ValueError, match="not the trainer's policy's"):
         resolve_old_logprobs("generate", "32-true", "vllm")

@@ -102,11 +102,11 @@ class VISDModule(L.LightningModule):
         self.engine = None
         self.weights_version = 0
         # `generate` or `recompute`: setup() decides by trainer.precision and the engine (precision.py)
-        self.old_logprobs = resolve_old_logprobs(
-            cfg.algorithm.get("old_logprobs"), "32-true", self.engine_name
-        )
         correction = cfg.algorithm.get("rollout_correction") or {}
         self.is_cap = float(correction.get("cap", 2.0)) if correction.get("enabled") else None
+        self.old_logprobs = resolve_old_logprobs(
+            cfg.algorithm.get("old_logprobs"), "32-true", self.engine_name, self.is_cap is not None
+        )
         self.lam = 0.0  # set before every batch by LambdaSchedule
         self.teacher_active = self.has_teacher
         self.stepped = False  # whether the last training_step took an optimizer step
@@ -175,7 +175,7 @@ class VISDModule(L.LightningModule):
         if self.model is not None:  # else built in configure_model, under DeepSpeed (its own fp32 masters)
             prepare_trained_weights(self.model, precision, type(self.trainer.strategy).__name__)
         self.old_logprobs = resolve_old_logprobs(
-            self.cfg.algorithm.get("old_logprobs"), precision, self.engine_name
+            self.cfg.algorithm.get("old_logprobs"), precision, self.engine_name, self.is_cap is not None
         )
 
     def rollout_engine(self):
@@ -299,8 +299,9 @@ class VISDModule(L.LightningModule):
         if self.credit is not None and self.teacher_active and self.lam > 0:  # algorithms/visd.py
             replay, feedback = self.credit.replay(self.model, rollouts, samples, self.lam, watch)
 
-        # Step 4: old log-probs pi_old(y_t). `recompute` (auto: whenever the forward is not fp32) is a no-grad
-        # forward with the update's micro-batches, so the first update's ratio (Eq. 17) is exactly 1.
+        # Step 4: old log-probs pi_old(y_t) (precision.py). `current` (auto, unless fp32 HF sampling): the update's
+        # own forward, detached, since this is the one update on these rollouts (rho_t = 1, no extra forward);
+        # `recompute` (rollout_correction): a no-grad forward with the update's micro-batches.
         if self.old_logprobs == "recompute":
             with watch("old_logprobs"):
                 rollouts.old_logprobs = recompute_logprobs(
@@ -331,7 +332,10 @@ class VISDModule(L.LightningModule):
             ),
             watch=watch,
             is_weights=is_weights,
+            old_is_current=self.old_logprobs == "current",
         )
+        if self.old_logprobs == "current":
+            rollouts.old_logprobs = out.logprobs  # pi_old was the update's forward (ratio metrics below: 1)
         if replay is not None:
             credit_metrics = credit.credit_stats(out.delta, out.weights, mask.bool(), self.cfg.credit.eps_w)
             if self.dump_due():

@@ -11,11 +11,15 @@ start of fit (`VISDModule.setup`):
   half weights under `32-true`) is refused with a message saying what to set instead;
 - DeepSpeed is left alone: its bf16 mode keeps fp32 master weights in its optimizer.
 
-`algorithm.old_logprobs` (generate | recompute | auto): `generate` takes pi_old(y_t) from the sampling
-pass; `recompute` runs a no-grad forward with the update's micro-batching before the update, so the first
-importance ratio is exactly 1. `auto` (the default) is `recompute` whenever the forward is not fp32 (any
-precision but 32-true / 64-true): in bf16 the cached decoding's log-probs differ from the training
-forward's by far more than the 1e-4 of fp32.
+`algorithm.old_logprobs` (generate | recompute | current | auto): `generate` takes pi_old(y_t) from the
+sampling pass; `recompute` runs a no-grad forward with the update's micro-batching before the update, so
+the first importance ratio is exactly 1; `current` takes pi_old from the update's own forward, detached:
+there is exactly one update per rollout batch, so pi_old IS the policy being updated, rho_t = 1 by
+construction and the recompute forward (about a sixth of the update's compute) buys nothing. `auto` (the
+default): `generate` when the forward is fp32 (32-true / 64-true) and the HF engine sampled; otherwise
+`current` (in bf16 the cached decoding's log-probs differ from the training forward's by far more than the
+1e-4 of fp32, and a vLLM engine's are its own); `recompute` when `algorithm.rollout_correction` is enabled,
+whose weights min(pi_old / pi_engine, cap) need pi_old before the update.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ log = logging.getLogger(__name__)
 
 FP32_FORWARD = ("32-true", "32", "64-true", "64")  # trainer.precision values whose forward is not autocast
 HALF = (torch.bfloat16, torch.float16)
-OLD_LOGPROBS = ("auto", "generate", "recompute")
+OLD_LOGPROBS = ("auto", "generate", "recompute", "current")
 
 
 class PrecisionError(ValueError):
@@ -78,26 +82,34 @@ def prepare_trained_weights(model: torch.nn.Module, precision: str, strategy: st
     return upcast
 
 
-def resolve_old_logprobs(setting: str | None, precision: str, engine: str = "hf") -> str:
-    """`generate` or `recompute` for `algorithm.old_logprobs` (auto: recompute unless the forward is fp32).
+def resolve_old_logprobs(
+    setting: str | None, precision: str, engine: str = "hf", correction: bool = False
+) -> str:
+    """`generate`, `recompute` or `current` for `algorithm.old_logprobs` (module docstring for `auto`).
 
     With rollout.engine=vllm the sampling pass's log-probs are the engine's, not the trainer's policy's:
-    pi_old is always the trainer's no-grad forward (`recompute`), and `generate` is refused."""
+    `generate` is refused. correction: `algorithm.rollout_correction.enabled` (needs pi_old before the update,
+    so `current` is refused)."""
     setting = str(setting or "auto")
     if setting not in OLD_LOGPROBS:
         raise ValueError(f"algorithm.old_logprobs must be one of {', '.join(OLD_LOGPROBS)}, got {setting!r}")
-    if engine != "hf":
-        if setting == "generate":
-            raise ValueError(
-                f"algorithm.old_logprobs=generate with rollout.engine={engine}: the engine's log-probs are "
-                "its own (another kernel, its own logit processing), not the trainer's policy's, so the "
-                "importance ratio would not start at 1. Use auto or recompute (the trainer's forward); the "
-                "engine-trainer gap is logged as rollout/logprob_diff_* and algorithm.rollout_correction "
-                "corrects for it."
-            )
-        return "recompute"
+    if setting == "current" and correction:
+        raise ValueError(
+            "algorithm.old_logprobs=current with algorithm.rollout_correction.enabled: the correction's weights "
+            "min(pi_old / pi_engine, cap) are needed before the update's forward. Use auto or recompute."
+        )
+    if engine != "hf" and setting == "generate":
+        raise ValueError(
+            f"algorithm.old_logprobs=generate with rollout.engine={engine}: the engine's log-probs are "
+            "its own (another kernel, its own logit processing), not the trainer's policy's, so the "
+            "importance ratio would not start at 1. Use auto, current or recompute (the trainer's forward); "
+            "the engine-trainer gap is logged as rollout/logprob_diff_* and algorithm.rollout_correction "
+            "corrects for it."
+        )
     if setting == "auto":
-        return "generate" if str(precision) in FP32_FORWARD else "recompute"
+        if correction:
+            return "recompute"
+        return "generate" if engine == "hf" and str(precision) in FP32_FORWARD else "current"
     if setting == "generate" and str(precision) not in FP32_FORWARD:
         log.warning(
             "algorithm.old_logprobs=generate with trainer.precision=%s: the sampling pass's log-probs differ "

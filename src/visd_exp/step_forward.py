@@ -139,6 +139,7 @@ def policy_update(
     backward: Callable[[torch.Tensor], None] | None = None,
     watch=None,
     is_weights: torch.Tensor | None = None,
+    old_is_current: bool = False,
 ) -> UpdateResult:
     """Forward and backward over all rollouts, one micro-batch at a time; gradients accumulate in .grad.
 
@@ -146,6 +147,8 @@ def policy_update(
     under gradient accumulation over k batches). backward: e.g. LightningModule.manual_backward.
     watch: an optional Stopwatch; the teacher replay is timed as `teacher`, the rest as `update`.
     is_weights: [N, C] truncated importance weights for the rollout engine's mismatch, or None.
+    old_is_current: pi_old is this very forward, detached (`algorithm.old_logprobs=current`: the first and only
+    update on these rollouts, so rho_t = 1 and no separate old-log-prob forward runs).
     """
     backward = backward or torch.Tensor.backward
     n_total = rollouts.num_rollouts
@@ -167,26 +170,30 @@ def policy_update(
             )
         # the teacher first, unless a remote judge's feedback is pending (module docstring)
         teacher_first = replay is not None and not replay.pending()
-        t_logits = teacher_replay(replay, rollouts, rows, features, timed) if teacher_first else None
-        with timed("update"):
-            lp, logits = policy_logprobs(model, part, temperature, features)  # [n, C] with grad, [n, C, V]
+        t_terms = (
+            teacher_replay(replay, rollouts, rows, features, timed, temperature) if teacher_first else None
+        )
+        with timed("update"):  # [n, C] with grad, and (detached) the entropy and the student's terms
+            lp, student = policy_logprobs(model, part, temperature, features, teacher=t_terms)
         if replay is not None and not teacher_first:
-            t_logits = teacher_replay(replay, rollouts, rows, features, timed)  # the judge overlapped it
+            t_terms = teacher_replay(
+                replay, rollouts, rows, features, timed, temperature
+            )  # the judge overlapped it
         with timed("update"):
             if replay is not None:  # VISD: the teacher's credit on this micro-batch's tokens
                 a, valid, eps_w = advantages[rows], mask[rows], replay.credit.eps_w
-                d = log_ratio(
-                    replay.credit, t_logits, logits.detach(), part.completion_ids, valid, temperature
-                )
-                del t_logits
+                s_terms = student.terms if teacher_first else student.terms_at(t_terms)
+                d = log_ratio_from_terms(t_terms, s_terms, part.completion_ids, valid)
+                del t_terms, s_terms
                 delta[rows] = d  # Delta_t (Eq. 4)
                 weights[rows] = m = credit.token_weights(d, a, eps_w)  # m_t (Eq. 5-6)
                 token_adv[rows] = credit.token_advantages(a, m, replay.lam)  # A^_t (Eq. 7)
-            entropy_total += entropy_sum(logits.detach(), mask[rows], temperature)
-            del logits
+            entropy_total += float(student.entropy.sum())
+            del student
             # Eq. 9 on this micro-batch: its mean over n rollouts, x n / N = its share of the mean over N
             w = is_weights[rows] if is_weights is not None else None
-            loss = clipped_surrogate_loss(lp, part.old_logprobs, token_adv[rows], mask[rows], epsilon, w)
+            old = lp.detach() if old_is_current else part.old_logprobs  # rho_t = 1 exactly when current
+            loss = clipped_surrogate_loss(lp, old, token_adv[rows], mask[rows], epsilon, w)
             loss = loss * ((rows.stop - rows.start) / n_total)
             backward(loss * loss_scale)
             loss_total = loss_total + loss.detach().float().cpu()
