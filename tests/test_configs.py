@@ -138,15 +138,16 @@ def test_paper_7b_is_table_8_as_written(tmp_path):
         0.0,
         600,
     )
-    assert trainer.max_steps == 1200
+    assert (trainer.max_epochs, trainer.max_steps) == (1, -1)  # one epoch (the step-1,200 student of it)
     # 16 prompts per optimizer step = 8 devices x 2 nodes x batch 1 x accumulation 1, checked at start-up
+    # (data.batch_size: auto, resolved there: tests/test_presets.py)
+    assert algo.prompts_per_step == 16 and check_prompts_per_step(cfg) == 16
     assert (trainer.devices, trainer.num_nodes, cfg.data.batch_size, optim.accumulate_grad_batches) == (
         8,
         2,
         1,
         1,
     )
-    assert algo.prompts_per_step == 16 and check_prompts_per_step(cfg) == 16
     # ZeRO-3 and FlashAttention-2
     assert "DeepSpeed" in trainer.strategy._target_ and trainer.strategy.stage == 3
     assert cfg.model.attn_implementation == "flash_attention_2" and cfg.model.gradient_checkpointing
@@ -202,7 +203,9 @@ def test_train_stops_before_loading_when_init_from_is_missing(tmp_path):
 def test_prompts_per_step_mismatch_fails_with_the_arithmetic():
     from visd_exp.utils.recipe import RecipeError, check_prompts_per_step
 
-    cfg = composed("+experiment=paper_7b", "model=tiny", "model.init_from=x", "trainer.num_nodes=1")
+    cfg = composed(
+        "+experiment=paper_7b", "model=tiny", "model.init_from=x", "trainer.num_nodes=1", "data.batch_size=1"
+    )
     expected = (
         r"algorithm.prompts_per_step=16 but this run takes 8 devices x 1 nodes x data.batch_size 1 x "
         r"optim.accumulate_grad_batches 1 = 8 prompts"
@@ -214,6 +217,7 @@ def test_prompts_per_step_mismatch_fails_with_the_arithmetic():
         "model=tiny",
         "model.init_from=x",
         "trainer.num_nodes=1",
+        "data.batch_size=1",
         "optim.accumulate_grad_batches=2",
     )
     assert check_prompts_per_step(fixed) == 16

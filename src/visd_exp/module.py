@@ -213,9 +213,13 @@ class VISDModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_progress(self) -> float:
-        """p in (0, 1] for Eq. 12's sigma: (step + 1) / max_steps, Open-o3-Video's step_percent."""
-        max_steps = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else 1
-        return min(1.0, (self.global_step + 1) / max_steps)
+        """p in (0, 1] for Eq. 12's sigma: (step + 1) / the run's real optimizer steps (max_steps, or the
+        epochs' steps from the data and the batch: utils/run_length.py), Open-o3-Video's step_percent
+        (global_step + 1 over its trainer state's max_steps, the epochs' steps). 1.0 without an end."""
+        from visd_exp.utils.run_length import planned_optimizer_steps
+
+        total = planned_optimizer_steps(self._trainer, self.accumulate_grad_batches)
+        return min(1.0, (self.global_step + 1) / total) if total else 1.0
 
     # -- exact resume: RNG states and the data position travel in the checkpoint ----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

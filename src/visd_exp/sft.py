@@ -35,6 +35,7 @@ from visd_exp.module import VISDModule
 from visd_exp.precision import prepare_trained_weights
 from visd_exp.rollout.generation import RolloutBatch, policy_logprobs
 from visd_exp.utils.optim import adamw
+from visd_exp.utils.run_length import planned_optimizer_steps
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +181,16 @@ def sft_datamodule(cfg, processor) -> SFTDataModule:
 
 # -- the LightningModule -----------------------------------------------------------------------------
 def lr_factor(step: int, warmup: int, total: int, decay: str, min_ratio: float) -> float:
-    """lr / optim.lr at optimizer step `step`: linear warm-up (as VISDModule), then constant or cosine
-    decay to `min_ratio` at step `total`."""
+    """lr / optim.lr at optimizer step `step`: linear warm-up (as VISDModule), then constant, cosine or
+    linear decay to `min_ratio` at step `total` (linear to 0: Hugging Face Trainer's default schedule)."""
     factor = min(1.0, (step + 1) / (warmup + 1))
     if decay == "constant":
         return factor
-    if decay != "cosine":
-        raise ValueError(f"algorithm.lr_decay must be cosine or constant, got {decay!r}")
+    if decay not in ("cosine", "linear"):
+        raise ValueError(f"algorithm.lr_decay must be cosine, linear or constant, got {decay!r}")
     p = min(1.0, step / max(1, total))
-    return factor * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p)))
+    shape = 1.0 - p if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+    return factor * (min_ratio + (1.0 - min_ratio) * shape)
 
 
 class SFTModule(L.LightningModule):
@@ -230,10 +232,8 @@ class SFTModule(L.LightningModule):
     def configure_optimizers(self):
         optim = self.cfg.optim
         optimizer = adamw(self.model, optim)
-        trainer = self._trainer
-        total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
-        if total is None and trainer is not None:
-            total = int(trainer.estimated_stepping_batches) // self.accumulate_grad_batches
+        # the decay spans the run's real optimizer steps: max_steps, or the epochs' (utils/run_length.py)
+        total = planned_optimizer_steps(self._trainer, self.accumulate_grad_batches)
         warmup, total = max(0, int(optim.warmup_steps)), max(1, int(total or 1))
         decay_name, min_ratio = self.lr_decay, self.min_lr_ratio
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -7,7 +7,9 @@ value raises a RecipeError naming the key; `check_required_values` lists every u
 
 An experiment that states `algorithm.prompts_per_step` (the paper: 16) is checked against
 devices x nodes x data.batch_size x optim.accumulate_grad_batches before anything heavy loads, and
-again once the trainer has resolved `devices: -1` / `auto` to a count.
+again once the trainer has resolved `devices: -1` / `auto` to a count. `data.batch_size: auto` is
+resolved there to prompts_per_step / (devices x nodes x accumulation): every optimizer step is then ONE
+batch per rank (one rollout call) whatever the layout, e.g. 16 = 8 devices x 2 nodes x 1 or 8 x 1 x 2.
 """
 
 from __future__ import annotations
@@ -71,6 +73,33 @@ def device_count(devices) -> int | None:
     return None
 
 
+AUTO = "auto"
+
+
+def resolve_batch_size(cfg: DictConfig, devices: int, num_nodes: int) -> int:
+    """`data.batch_size: auto` -> algorithm.prompts_per_step / (devices x nodes x accumulation), written
+    into cfg.data.batch_size; a number is returned as it is. RecipeError when the split is not whole."""
+    batch = cfg.data.batch_size
+    if not (isinstance(batch, str) and batch.strip().lower() == AUTO):
+        return int(batch)
+    stated = cfg.algorithm.get("prompts_per_step")
+    if stated is None:
+        raise RecipeError(
+            "data.batch_size=auto needs algorithm.prompts_per_step (the prompts of one optimizer step) to "
+            "divide among the ranks; set a number for data.batch_size or state algorithm.prompts_per_step"
+        )
+    accumulate = int(cfg.optim.get("accumulate_grad_batches", 1) or 1)
+    ranks = devices * num_nodes * accumulate
+    if int(stated) % ranks:
+        raise RecipeError(
+            f"data.batch_size=auto: algorithm.prompts_per_step={stated} does not split into {devices} devices x "
+            f"{num_nodes} nodes x optim.accumulate_grad_batches {accumulate} = {ranks} equal batches; change "
+            "trainer.devices, trainer.num_nodes or optim.accumulate_grad_batches, or set data.batch_size"
+        )
+    cfg.data.batch_size = int(stated) // ranks
+    return cfg.data.batch_size
+
+
 def prompts_per_optimizer_step(cfg: DictConfig, devices: int, num_nodes: int) -> tuple[int, str]:
     """Prompts behind one optimizer step, and the product that gives it (for messages)."""
     batch = int(cfg.data.batch_size)
@@ -88,14 +117,17 @@ def check_prompts_per_step(cfg: DictConfig, devices=None, num_nodes=None) -> int
 
     `devices`/`num_nodes` default to the trainer config's; returns the checked total, or None when
     nothing is stated or the device count is not known yet (devices -1 or 'auto' before the trainer).
+    A `data.batch_size: auto` is resolved first, once the device count is known (resolve_batch_size).
     """
     stated = cfg.algorithm.get("prompts_per_step")
-    if stated is None:
+    batch = cfg.data.get("batch_size")
+    if stated is None and not (isinstance(batch, str) and batch.strip().lower() == AUTO):
         return None
     devices = device_count(cfg.trainer.get("devices", 1) if devices is None else devices)
     num_nodes = int(cfg.trainer.get("num_nodes", 1) if num_nodes is None else num_nodes)
     if devices is None:
         return None
+    resolve_batch_size(cfg, devices, num_nodes)
     total, arithmetic = prompts_per_optimizer_step(cfg, devices, num_nodes)
     if total != int(stated):
         raise RecipeError(
