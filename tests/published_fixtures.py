@@ -94,9 +94,21 @@ STGR_RL = [
 ]
 
 
+def write_image(path: Path, width: int, height: int) -> Path:
+    """A jpg of width x height (STGR's gqa image records): a dark frame with a red box."""
+    from PIL import Image, ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (width, height), (20, 20, 20))
+    ImageDraw.Draw(image).rectangle([width // 8, height // 6, width // 2, height // 2], fill=(230, 30, 30))
+    image.save(path)
+    return path
+
+
 def write_stgr_rl(root: Path) -> Path:
     for rel in ("timerft/a.mp4", "tvg/a.mp4", "str/b.mp4", "vr1/a.mp4"):
         write_video(root / rel)
+    write_image(root / "gqa" / "1.jpg", 640, 480)  # the visual QA record's image_size
     return _array(root / "STGR-RL.json", STGR_RL)
 
 

@@ -40,6 +40,10 @@ def root(tmp_path_factory) -> Path:
     for rel in ("clips/b.mp4", "str_plm/v1.mp4", "abs_timerft/t1.mp4", "LLaVA-Video-178K/x/c1.mp4"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(first, root / rel)
+    from PIL import Image
+
+    (root / "images").mkdir()
+    Image.new("RGB", (640, 480), (0, 128, 255)).save(root / "images" / "1.jpg")  # STGR's gqa image record
     return root
 
 
@@ -195,9 +199,18 @@ def test_stgr_rl(root, tmp_path):
     counting = CountingProbe()
     loaded = read_file(path, video_root=root, probe=counting)
     assert loaded.format == "stgr" and loaded.read == 12
-    assert loaded.skipped == {IMAGE_SKIP: 1}
-    assert [line for line, _ in loaded.entries] == [2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13]
+    assert not loaded.skipped  # the image record is read (data/media.py), not skipped
+    assert [line for line, _ in loaded.entries] == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     got = by_line(loaded)
+    assert got[7] == {
+        "id": "106",
+        "task": "visual_qa",
+        "source": "gqa",
+        "image_path": str((root / "images/1.jpg").resolve()),
+        "question": "Where is the cup?",
+        "answer": "<obj>cup</obj><box>[10,20,30,40]</box>",
+        "image_size": [640, 480],
+    }
 
     r = got[2]
     assert r == {
@@ -465,7 +478,7 @@ def test_read_records_pass_validation(root, tmp_path):
     from visd_exp.data.validate import validate_file
 
     stgr = validate_file(write_array(tmp_path / "STGR-RL.json", STGR_RL), video_root=root)
-    assert stgr.valid_lines == [2, 3, 4, 5, 6]
+    assert stgr.valid_lines == [2, 3, 4, 5, 6, 7]  # 7: the gqa image record
     assert {p.line for p in stgr.problems} == {8, 9, 10, 11, 12, 13}
     sft = tmp_path / "STGR-SFT.json"
     sft.write_text(SFT_TEXT, encoding="utf-8")

@@ -61,17 +61,20 @@ def test_convert_stgr_rl_writes_the_project_schema_and_says_what_it_skipped(file
     out = tmp_path / "stgr.jsonl"
     result = cli("convert", files["stgr"], "--out", out)
     assert result.returncode == 0, result.stderr
-    assert f"read {files['stgr']} as stgr: 6 records -> 5 queries" in result.stdout
-    assert "not used: 1 image record (images are not read)" in result.stdout
-    assert f"wrote 5 records to {out}; skipped 0 with problems, 1 not used" in result.stdout
+    assert f"read {files['stgr']} as stgr: 6 records -> 6 queries" in result.stdout
+    assert "not used" not in result.stdout.split("wrote")[0]  # the gqa image record is read too
+    assert f"wrote 6 records to {out}; skipped 0 with problems, 0 not used" in result.stdout
     records = {r["id"]: r for r in read_jsonl(out)}
-    assert [records[k]["task"] for k in "12345"] == [
+    assert [records[k]["task"] for k in "123456"] == [
         "temporal_grounding",
         "temporal_grounding_choice",
         "spatio_temporal_qa",
         "multiple_choice",
         "free_form",
+        "visual_qa",
     ]
+    assert records["6"]["image_path"] == str(files["stgr"].parent / "gqa" / "1.jpg")
+    assert records["6"]["image_size"] == [640, 480] and "video_path" not in records["6"]
     assert records["1"]["segment"] == [0.5, 3.0] and records["2"]["segment"] == [0.0, 5.5]
     # normalised key_items -> pixels of the probed 64 x 48 frame: 0.1875 * 64 = 12, 0.2083 * 48 = 10.0
     assert records["3"]["image_size"] == [64, 48]
@@ -97,7 +100,7 @@ def test_convert_charades_clips_an_end_past_the_video_and_counts_it(files, tmp_p
 
 @pytest.mark.parametrize(
     "name, count",
-    [("stgr", 5), ("video_r1", 5), ("vstar", 10), ("charades", 3), ("charades_json", 2), ("tvgbench", 1)],
+    [("stgr", 6), ("video_r1", 5), ("vstar", 10), ("charades", 3), ("charades_json", 2), ("tvgbench", 1)],
 )
 def test_validate_reads_every_published_format(files, name, count, capsys):
     result = cli("validate", files[name], capsys=capsys)
@@ -143,7 +146,9 @@ def test_three_training_steps_on_a_published_file(files, name, tmp_path, cache_d
     steps = [r for r in rows if r.get("reward")]
     assert len(steps) == 3
     setup = next(r for r in rows if r.get("data/train_records"))
-    assert float(setup["data/train_records"]) == 5 and float(setup["data/train_unused"]) == 1
+    # STGR's image record is trained on (one image); Video-R1's image records are still not used
+    records, unused = {"stgr": (6, 0), "video_r1": (5, 1)}[name]
+    assert float(setup["data/train_records"]) == records and float(setup["data/train_unused"]) == unused
 
 
 def evaluate(data_file, out_dir, cache_dir) -> dict:

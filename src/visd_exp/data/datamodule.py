@@ -1,4 +1,5 @@
 """The data module: records (any published format) -> sampled frames (torchcodec) -> chat prompt -> processor tensors.
+An image record (`image_path`, data/media.py) is one frame at time 0, read with PIL.
 
 At setup every video is probed (a missing or corrupt file fails here, naming the file) and each
 prompt's token length is computed without decoding; prompts longer than `max_prompt_length` are
@@ -23,6 +24,7 @@ from visd_exp.data.frames import (
     plan_frames,
     probe_video,
 )
+from visd_exp.data.media import decode_image, is_image_record, media_path, plan_image, probe_image
 from visd_exp.data.probing import ProbeResult
 from visd_exp.data.prompts import render_prompt
 from visd_exp.data.records import load_records
@@ -48,6 +50,13 @@ def key_times(record: dict) -> list[float]:
     except UnknownTaskError:  # the V-STaR chains (evaluation only)
         return []
     return [float(k["time"]) for k in record.get("key_frames") or [] if "time" in k]
+
+
+def decode_media(record: dict, plan: FramePlan) -> torch.Tensor:
+    """The planned frames of a record's video, or its one image (image records: data/media.py)."""
+    if is_image_record(record):
+        return decode_image(record["image_path"], plan)
+    return decode_frames(record["video_path"], plan)
 
 
 def prompt_text(processor, record: dict, plan: FramePlan) -> str:
@@ -95,10 +104,10 @@ class VideoQADataset(Dataset):
             return {**item, "sample": dict(item["sample"])}
         record, plan = self.records[index], self.plans[index]
         try:
-            frames = decode_frames(record["video_path"], plan)
+            frames = decode_media(record, plan)
         except VideoDecodeError as exc:  # became unreadable after validation: skip it, never crash the run
             log.warning("skipping %s: %s", record.get("_where", record["id"]), exc)
-            return {"skipped": record["video_path"]}
+            return {"skipped": media_path(record)}
         item = self.item(record, plan, frames)
         if self.cache_items:
             self._cache[index] = item
@@ -231,8 +240,10 @@ class VideoQADataModule(L.LightningDataModule):
             records = [r for r in records if _canonical(r["task"]) in wanted]
         kept, plans, dropped = [], [], 0
         for record in records:
-            info = self.video_info(record["video_path"])
-            plan = plan_frames(info, self.cfg, key_times(record))
+            if is_image_record(record):  # one frame at time 0 (data/media.py)
+                plan = plan_image(self.video_info(record["image_path"], image=True), self.cfg)
+            else:
+                plan = plan_frames(self.video_info(record["video_path"]), self.cfg, key_times(record))
             if (
                 prompt_length(self.processor, prompt_text(self.processor, record, plan), plan)
                 > self.cfg.max_prompt_length
@@ -257,12 +268,13 @@ class VideoQADataModule(L.LightningDataModule):
             kept, plans, self.processor, cache_items=bool(self.cfg.get("cache_items", False))
         )
 
-    def video_info(self, path: str):
-        """The video's header: validation already probed it (once per file); otherwise probe now."""
+    def video_info(self, path: str, image: bool = False):
+        """The video's header (an image's size): validation already probed it (once per file); otherwise
+        probe now."""
         probed = self.probes.get(path)
         if probed is not None and probed.info is not None:
             return probed.info
-        info = probe_video(path)  # VideoDecodeError names the file
+        info = probe_image(path) if image else probe_video(path)  # VideoDecodeError names the file
         self.probes[path] = ProbeResult(info, None)
         return info
 

@@ -1,5 +1,6 @@
 """Probing videos before training: the header, plus one decoded frame in the middle (truncated files
-fail there), once per distinct path; shared by validation, the readers and the data module."""
+fail there), once per distinct path; shared by validation, the readers and the data module. Images
+(image records, data/media.py) are read whole."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from visd_exp.data.frames import VideoInfo
+from visd_exp.data.frames import VideoDecodeError, VideoInfo
+from visd_exp.data.media import is_image_path, probe_image
 
 PROGRESS_MIN_VIDEOS = 20  # below this a progress bar is only noise
 
@@ -23,11 +25,17 @@ class ProbeResult:
     error: str | None
 
 
-def probe(path: str | Path) -> ProbeResult:
-    """Header in approximate seek mode plus ONE decoded frame in the middle (truncated files fail there)."""
+def probe(path: str | Path, image: bool | None = None) -> ProbeResult:
+    """Header in approximate seek mode plus ONE decoded frame in the middle (truncated files fail there).
+    An image (`image`, or by default an image suffix: media.py) is read whole instead, duration 0."""
+    path = Path(path)
+    if image or (image is None and is_image_path(path)):
+        try:
+            return ProbeResult(probe_image(path), None)
+        except VideoDecodeError as exc:
+            return ProbeResult(None, str(exc))
     from torchcodec.decoders import VideoDecoder
 
-    path = Path(path)
     if not path.is_file():
         return ProbeResult(None, f"video file not found: {path}")
     try:
@@ -49,15 +57,15 @@ def _short_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-def probe_all(paths: Iterable[str], cache: dict[str, ProbeResult]) -> None:
-    """Probe each path not yet in `cache`; a tqdm bar when there are many."""
+def probe_all(paths: Iterable[str], cache: dict[str, ProbeResult], image: bool | None = None) -> None:
+    """Probe each path not yet in `cache` (`image`: as probe's); a tqdm bar when there are many."""
     todo = sorted(set(paths) - set(cache))
     if len(todo) > PROGRESS_MIN_VIDEOS:
         from tqdm import tqdm
 
         todo = tqdm(todo, desc="probing videos", unit="video", file=sys.stderr)
     for path in todo:
-        cache[path] = probe(path)
+        cache[path] = probe(path, image)
 
 
 def cached_probe(cache: dict[str, ProbeResult]):

@@ -1,5 +1,7 @@
 """Prompt building, the Open-o3-Video way: each sampled frame is an image preceded by its timestamp,
 plus a line with the video's length, the question, and a system prompt asking for grounded reasoning.
+An image record (data/media.py) is shown as its one image, without times, under a system prompt that
+asks for boxes only (as Open-o3-Video prompts its visual QA images).
 
 The student and the teacher use the SAME builder; the teacher's prompt only adds a privileged block
 after the question (VISD section 3.2), so the completion tokens that follow line up one to one.
@@ -14,6 +16,12 @@ SYSTEM_PROMPT = (
     "use as <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s, with box corners in pixels of "
     "the frame. Then give only the final answer inside <answer> </answer>. For a time span, answer "
     "From <t>start</t>s to <t>end</t>s. For a multiple-choice question, answer with the option letter."
+)
+
+IMAGE_SYSTEM_PROMPT = (
+    "You answer questions about an image. First reason inside <think> </think>: cite the evidence you "
+    "use as <obj>object</obj><box>[x1,y1,x2,y2]</box>, with box corners in pixels of the image. Then "
+    "give only the final answer inside <answer> </answer>."
 )
 
 # Task-specific reminders appended to the question; they tell the model which answer format is scored.
@@ -55,16 +63,27 @@ def build_messages(
     frame_times: Sequence[float],
     duration: float,
     privileged: str | None = None,
-    system_prompt: str = SYSTEM_PROMPT,
+    system_prompt: str | None = None,
+    image: bool = False,
 ) -> list[dict]:
-    """Chat messages for one sample; one {"type": "image"} entry per sampled frame, in time order."""
-    content: list[dict] = [
-        {"type": "text", "text": f"The video is {format_seconds(duration)} seconds long.\n"}
-    ]
-    for i, t in enumerate(frame_times):
-        content.append({"type": "text", "text": f"Frame {i + 1} at {format_seconds(t)}s:"})
-        content.append({"type": "image"})
-        content.append({"type": "text", "text": "\n"})
+    """Chat messages for one sample; one {"type": "image"} entry per sampled frame, in time order.
+    `image`: the sample is one still image (frame_times holds its one frame), shown without times."""
+    if image:
+        if len(frame_times) != 1:
+            raise ValueError(f"an image record is shown as one frame, got {len(frame_times)} frame times")
+        system_prompt = IMAGE_SYSTEM_PROMPT if system_prompt is None else system_prompt
+        content: list[dict] = [
+            {"type": "text", "text": "The image:"},
+            {"type": "image"},
+            {"type": "text", "text": "\n"},
+        ]
+    else:
+        system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
+        content = [{"type": "text", "text": f"The video is {format_seconds(duration)} seconds long.\n"}]
+        for i, t in enumerate(frame_times):
+            content.append({"type": "text", "text": f"Frame {i + 1} at {format_seconds(t)}s:"})
+            content.append({"type": "image"})
+            content.append({"type": "text", "text": "\n"})
     instruction = TASK_INSTRUCTIONS.get(task) or TASK_INSTRUCTIONS.get(_canonical(task), "")
     content.append({"type": "text", "text": f"{question.strip()}\n{instruction}".rstrip()})
     if privileged:
@@ -78,8 +97,13 @@ def build_messages(
 def render_prompt(
     processor, record: Mapping, frame_times: Sequence[float], duration: float, privileged: str | None = None
 ) -> str:
-    """The chat-template text of a record's prompt; student and teacher prompts both come from here."""
-    messages = build_messages(record["question"], record["task"], frame_times, duration, privileged)
+    """The chat-template text of a record's prompt; student and teacher prompts both come from here
+    (an image record's, `image_path`, shows its one image: build_messages)."""
+    from visd_exp.data.media import is_image_record
+
+    messages = build_messages(
+        record["question"], record["task"], frame_times, duration, privileged, image=is_image_record(record)
+    )
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from visd_exp.data.formats.base import BOX_IN_TEXT
+from visd_exp.data.media import is_image_record, media_field
 from visd_exp.data.probing import ProbeResult
 from visd_exp.data.task_checks import CHAIN_TASKS, check_task_supervision
 from visd_exp.rewards.tasks import TASK_NAMES
@@ -22,7 +23,7 @@ from visd_exp.rewards.tasks import TASK_NAMES
 # The reward's task table (project names, Open-o3-Video's and Video-R1's spellings) and V-STaR-style
 # chained questions (what-when-where, what-where-when): the synthetic test split.
 TASKS = (*TASK_NAMES, *CHAIN_TASKS)
-REQUIRED_STRINGS = ("id", "task", "video_path", "question", "answer")
+REQUIRED_STRINGS = ("id", "task", "question", "answer")  # and video_path, or image_path (media.py)
 OPTIONAL_STRINGS = ("source", "reasoning_process")
 # An option's own letter: "A. left", "(B) right", "C: up", "D) down".
 OPTION_LETTER = re.compile(r"^\s*\(?([A-Za-z])\s*[.):]")
@@ -64,6 +65,7 @@ def check_strings(record: dict) -> Issues:
             issues.append((name, f"expected a non-empty string, got {_type_name(value)}"))
         elif not value.strip():
             issues.append((name, "empty string"))
+    issues += check_media_path(record)
     for name in OPTIONAL_STRINGS:
         if record.get(name) is not None and not isinstance(record[name], str):
             issues.append((name, f"expected a string, got {_type_name(record[name])}"))
@@ -71,6 +73,23 @@ def check_strings(record: dict) -> Issues:
     if isinstance(task, str) and task.strip() and task not in TASKS:
         issues.append(("task", f"unknown task {task!r} (valid: {', '.join(repr(t) for t in TASKS)})"))
     return issues
+
+
+def check_media_path(record: dict) -> Issues:
+    """Exactly one visual input: `video_path`, or `image_path` for an image record (media.py)."""
+    image = record.get("image_path")
+    if image is None:
+        value = record.get("video_path")
+        if "video_path" not in record:
+            return [("video_path", "missing (an image record has image_path instead)")]
+        if not isinstance(value, str):
+            return [("video_path", f"expected a non-empty string, got {_type_name(value)}")]
+        return [] if value.strip() else [("video_path", "empty string")]
+    if record.get("video_path") is not None:
+        return [("image_path", "a record has video_path or image_path, not both")]
+    if not isinstance(image, str):
+        return [("image_path", f"expected a non-empty string, got {_type_name(image)}")]
+    return [] if image.strip() else [("image_path", "empty string")]
 
 
 def option_letters(options: Sequence[str]) -> list[str]:
@@ -292,18 +311,21 @@ def check_pixel_boxes(record: dict) -> Issues:
 
 
 def check_video(record: dict, base_dir: Path, cache: dict[str, ProbeResult] | None) -> Issues:
-    """The probed video (from `cache`) exists and decodes; nothing to say when not probing."""
-    video_path = record.get("video_path")
-    if cache is None or not isinstance(video_path, str) or not video_path.strip():
+    """The probed video or image (from `cache`) exists and decodes; nothing to say when not probing."""
+    field = media_field(record)
+    path = record.get(field)
+    if cache is None or not isinstance(path, str) or not path.strip():
         return []
-    result = cache.get(_resolve(video_path, base_dir))
-    return [("video_path", result.error)] if result is not None and result.error else []
+    result = cache.get(_resolve(path, base_dir))
+    return [(field, result.error)] if result is not None and result.error else []
 
 
 def known_duration(record: dict, base_dir: Path, cache: dict[str, ProbeResult] | None) -> float | None:
-    """The record's own duration when valid, else the probed video's, else None."""
+    """The record's own duration when valid, else the probed video's, else None (an image has none)."""
     if not check_duration(record) and record.get("duration") is not None:
         return float(record["duration"])
+    if is_image_record(record):
+        return None
     video_path = record.get("video_path")
     if cache is not None and isinstance(video_path, str) and video_path.strip():
         result = cache.get(_resolve(video_path, base_dir))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from visd_exp.data.formats import read_file
 from visd_exp.data.formats.base import FieldError
+from visd_exp.data.media import media_field
 from visd_exp.data.probing import cached_probe
 
-REQUIRED_FIELDS = ("id", "task", "video_path", "question", "answer")
+REQUIRED_FIELDS = ("id", "task", "question", "answer")  # and video_path or image_path (media.py)
 
 
 class RecordError(ValueError):
@@ -26,7 +27,8 @@ def load_records(
     video_root: str | Path | None = None,
     source_roots: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Records of a data file; `video_path` resolved (video_root, else the file's directory); `_where` = file:line."""
+    """Records of a data file; `video_path` / `image_path` resolved (video_root, else the file's directory);
+    `_where` = file:line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
@@ -40,7 +42,7 @@ def load_records(
             raise RecordError(f"{where}: {record.field}: {record.message}")
         if not isinstance(record, dict):
             raise RecordError(f"{where}: <record>: expected a JSON object, got {type(record).__name__}")
-        for field in REQUIRED_FIELDS:
+        for field in (*REQUIRED_FIELDS, media_field(record)):
             if not isinstance(record.get(field), str) or not record[field].strip():
                 raise RecordError(f"{where}: {field}: missing or not a non-empty string")
         records.append({**record, "_where": where})

@@ -9,11 +9,11 @@ per problem `file:line: field: what is wrong`, exit 1 when there is any. Lenient
 warnings and "kept K of N records, skipped S", exit 0 (training drops the bad records). A missing
 data file: exit 2. Videos are probed (header plus one decoded frame in the middle, to catch truncated
 files) once per distinct path. Interval ends and key-frame times a little past the probed duration
-are clipped and counted (record_checks.clip_to_duration); records a reader does not use (images) are
-counted by reason.
+are clipped and counted (record_checks.clip_to_duration); records a reader does not use (Video-R1's
+images) are counted by reason. Image records (`image_path`, STGR's visual QA) have their image read.
 
     report = validate_file(path)                  # ValidationReport: .ok, .problems, .records
-    records, report = load_valid_records(path)    # the good records (video_path resolved, `_where`)
+    records, report = load_valid_records(path)    # the good records (video/image_path resolved, `_where`)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 from visd_exp.data.formats import FORMATS, read_file
 from visd_exp.data.formats.base import FieldError
+from visd_exp.data.media import is_image_record, media_field
 from visd_exp.data.probing import ProbeResult, cached_probe, probe, probe_all  # noqa: F401 (re-exported)
 from visd_exp.data.record_checks import (  # noqa: F401 (option_letters re-exported)
     _resolve,
@@ -113,12 +114,14 @@ def validate_records(
     base_dir = Path(base_dir)
     if probe_videos:
         cache = {} if cache is None else cache
-        videos = [
-            _resolve(r["video_path"], base_dir)
-            for _, r in entries
-            if isinstance(r, dict) and isinstance(r.get("video_path"), str) and r["video_path"].strip()
-        ]
-        probe_all(videos, cache)
+        for image in (False, True):  # videos, then image records' images (media.py)
+            paths = []
+            for _, r in entries:
+                if isinstance(r, dict) and is_image_record(r) == image:
+                    value = r.get(media_field(r))
+                    if isinstance(value, str) and value.strip():
+                        paths.append(_resolve(value, base_dir))
+            probe_all(paths, cache, image)
     else:
         cache = None
     out = _Collector(path, max(0, max_problems))
@@ -146,13 +149,8 @@ def validate_records(
     records = []
     for k, (lineno, record) in enumerate(entries):
         if k not in out.bad:
-            records.append(
-                {
-                    **record,
-                    "video_path": _resolve(record["video_path"], base_dir),
-                    "_where": f"{path}:{lineno}",
-                }
-            )
+            field = media_field(record)
+            records.append({**record, field: _resolve(record[field], base_dir), "_where": f"{path}:{lineno}"})
     bad_lines = {entries[k][0] for k in out.bad}
     valid = sorted({lineno for lineno, _ in entries} - bad_lines)
     return ValidationReport(

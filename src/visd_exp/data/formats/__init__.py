@@ -217,13 +217,11 @@ def _raw_elements(fmt: str, text: str) -> Iterator[tuple[int, Any]]:
 
 
 def _project_record(record: Any, ctx: ReadContext) -> Any:
-    """A project record as it is, its video path resolved (against video_root or the file's directory)."""
-    if (
-        isinstance(record, dict)
-        and isinstance(record.get("video_path"), str)
-        and record["video_path"].strip()
-    ):
-        record["video_path"] = ctx.resolve(record["video_path"])
+    """A project record as it is, its video (or image) path resolved (against video_root or the file's
+    directory)."""
+    for key in ("video_path", "image_path"):
+        if isinstance(record, dict) and isinstance(record.get(key), str) and record[key].strip():
+            record[key] = ctx.resolve(record[key])
     return record
 
 

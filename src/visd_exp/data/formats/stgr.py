@@ -5,13 +5,15 @@ Published facts relied on (shared/notes/formats.md, "Open-o3-Video STGR"):
   `datasets` load (null counts as absent here);
 - `id` (int, str accepted), `source` (selects the video root, see ReadContext.resolve_source), `task`
   (six exact strings), `video_path` relative to that root, or `image_path` for image records (`gqa`,
-  visual QA), which are skipped;
+  visual QA), read as one-image records (data/media.py) whose `image_size` is the image's [W, H];
 - `answer`: temporal QA "[6.0, 14.0]"; temporal QA (MCQ) "C\\n[11.5, 19.0]"; MCQ a letter with the
   options only inside the question text; free-form text; SFT temporal answers may be tagged
   "From <t>6.0</t>s to <t>14.0</t>s";
 - `key_frames` [{"idx", "time", "path"}] (the jpg is never required), `key_items`
   {str(idx): {name: [[x1, y1, x2, y2], ...]}} NORMALISED to [0, 1];
-- SFT `reasoning_process`: bare text (no <think> tags) whose `<box>` floats are normalised.
+- SFT `reasoning_process`: bare text (no <think> tags) whose `<box>` floats are normalised for videos;
+  for images, the answer's and the reasoning's boxes are integer pixels of `image_size` (Open-o3-Video
+  rescales them from image_size to the resized image).
 Normalised boxes become pixels of the probed video's frame, which is also the record's `image_size`.
 """
 
@@ -24,13 +26,12 @@ from visd_exp.data.formats.base import (
     BOX_IN_TEXT,
     FieldError,
     ReadContext,
-    Skip,
     options_from_question,
     require,
     scale_boxes_in_text,
 )
 from visd_exp.rewards.groundtruth import ground_truth
-from visd_exp.rewards.tasks import UnknownTaskError, canonical_task
+from visd_exp.rewards.tasks import UnknownTaskError, canonical_task, task_spec
 
 NORM_TOLERANCE = 1e-3  # a normalised coordinate may overshoot [0, 1] by this much (then clipped)
 BOX_DIGITS = 1  # key_items pixels are rounded to 1 decimal (sub-pixel precision kept on small frames)
@@ -127,26 +128,75 @@ def _think(text: str) -> str:
     return text
 
 
+def _image_size(raw: dict, ctx: ReadContext, image_path: str) -> list[int]:
+    """An image record's [W, H]: its `image_size`, else the image's own (probed) size."""
+    size = raw.get("image_size")
+    if size is not None:
+        values = [_number(v) for v in size] if isinstance(size, list) else []
+        if len(values) != 2 or any(v is None or v <= 0 or not v.is_integer() for v in values):
+            raise FieldError("image_size", f"expected [width, height] of positive ints, got {size!r}")
+        return [int(values[0]), int(values[1])]
+    if ctx.probe is None:
+        raise FieldError("image_size", "missing, and probing is off (the answer's box is in its pixels)")
+    result = ctx.probe(image_path)
+    if result.info is None:
+        raise FieldError("image_path", result.error)
+    return [int(result.info.width), int(result.info.height)]
+
+
+def _convert_image(
+    raw: dict, ctx: ReadContext, record: dict, source: str | None, relative: str
+) -> list[dict]:
+    """An image record (gqa visual QA): `image_path`, `image_size`, and a reasoning_process whose boxes
+    stay in image_size pixels (the trainer rescales them to the image the model sees)."""
+    spec = task_spec(record["task"])
+    if spec.ans_tmp or spec.thk_tmp is not None or spec.uses_key_frames:
+        raise FieldError("task", f"{raw['task']!r} needs a video (times or key frames), not an image_path")
+    for name in ("key_frames", "key_items"):
+        if raw.get(name) is not None:
+            raise FieldError(name, "an image record has no key frames")
+    record["image_path"] = ctx.resolve_source(source, relative)
+    record["image_size"] = _image_size(raw, ctx, record["image_path"])
+    reasoning = raw.get("reasoning_process")
+    if reasoning is not None:
+        if not isinstance(reasoning, str):
+            raise FieldError("reasoning_process", f"expected a string, got {type(reasoning).__name__}")
+        record["reasoning_process"] = (
+            f"<think>{_think(reasoning)}</think>\n<answer>{record['answer']}</answer>"
+        )
+    return [record]
+
+
 def convert(raw: Any, ctx: ReadContext) -> list[dict]:
-    """One STGR record -> one project record; Skip for image records, FieldError for unreadable ones."""
+    """One STGR record -> one project record (an image record: `image_path`); FieldError for unreadable ones."""
     if not isinstance(raw, dict):
         raise FieldError("record", f"expected a JSON object, got {type(raw).__name__}")
-    if raw.get("image_path") is not None or (
+    image = raw.get("image_path") is not None or (
         raw.get("video_path") is None and raw.get("task") == "visual QA"
-    ):
-        raise Skip("image record (images are not read)")
+    )
+    if image and raw.get("video_path") is not None:
+        raise FieldError("image_path", "a record has video_path or image_path, not both")
     rid = require(raw, "id", (int, str))
     task_name = require(raw, "task")
     try:
         task = canonical_task(task_name)
     except UnknownTaskError as exc:
         raise FieldError("task", str(exc)) from None
-    relative = require(raw, "video_path")
+    relative = require(raw, "image_path" if image else "video_path")
     question = require(raw, "question")
     answer = require(raw, "answer")
     source = raw.get("source")
     if source is not None and not isinstance(source, str):
         raise FieldError("source", f"expected a string, got {type(source).__name__}")
+    if image:
+        base = {
+            "id": str(rid),
+            "task": task,
+            "source": source or "stgr",
+            "question": question,
+            "answer": answer,
+        }
+        return _convert_image(raw, ctx, base, source, relative)
     video_path = ctx.resolve_source(source, relative)
 
     record: dict[str, Any] = {
