@@ -41,7 +41,9 @@ def stgr_records(with_reasoning: bool) -> list[dict]:
         "answer": "B",
     }
     if with_reasoning:  # STGR-SFT: bare text; the image record's boxes are pixels of image_size
-        image["reasoning_process"] = f"The <obj>rectangle</obj><box>[{','.join(map(str, BOX))}]</box> is left."
+        image["reasoning_process"] = (
+            f"The <obj>rectangle</obj><box>[{','.join(map(str, BOX))}]</box> is left."
+        )
         video["reasoning_process"] = "The square goes from left to right, so B."
     return [image, video]
 
