@@ -203,6 +203,7 @@ def test_ranks_ending_at_different_lengths_do_not_deadlock(tiny, cache_dir, tmp_
         log = open(tmp_path / f"rank{rank}.log", "wb")  # a pipe could fill up and block the process
         procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
     synced = [tmp_path / f"synced_{rank}.json" for rank in range(2)]
+    synced += [tmp_path / f"gather_{rank}.json" for rank in range(2)]  # rollout.hf.zero3_gather, compared
     deadline, grace = time.monotonic() + 240, None
     try:
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
@@ -219,8 +220,14 @@ def test_ranks_ending_at_different_lengths_do_not_deadlock(tiny, cache_dir, tmp_
     missing = [str(f) for f in synced if not f.exists()]
     errors = "".join((tmp_path / f"rank{r}.log").read_text(errors="replace")[-2000:] for r in range(2))
     assert not missing, f"ZeRO-3 generate with synced_gpus failed or hung: {missing}\n{errors}"
-    lengths = [json.loads(f.read_text())["lengths"] for f in synced]
+    lengths = [json.loads(f.read_text())["lengths"] for f in synced[:2]]
     assert lengths == [[4, 4], [16, 16]], lengths  # rank 0 stopped 12 tokens before rank 1, twice
+    for f in synced[2:]:  # rollout.hf.zero3_gather=once: the same tokens, no ZeRO-3 hook in the decode steps
+        gather = json.loads(f.read_text())
+        assert gather["tokens"]["once"] == gather["tokens"]["per_layer"], f
+        hooks = gather["pre_hooks"]  # on the embedding during the call: ZeRO-3's (fetch, backward) + ours
+        assert hooks["once"] == 1 and hooks["per_layer"] > 1, hooks
+        assert gather["hooks_restored"], f  # and ZeRO-3's hooks are back afterwards
     finished = [rank for rank in range(2) if (tmp_path / f"unsynced_{rank}.json").exists()]
     assert finished != [0, 1], "the control finished without synced_gpus: the test cannot see a deadlock"
 

@@ -55,6 +55,7 @@ def main() -> None:
     algo = OmegaConf.merge(ALGO, {"max_completion_length": 4 + 12 * rank})
     torch.manual_seed(rank)
     run(generation, model, processor, batch, algo, teacher, engine, Path(out_dir) / f"synced_{rank}.json")
+    compare_gathers(model, processor, batch, algo, Path(out_dir) / f"gather_{rank}.json")
     generation.generate_sync_kwargs = lambda model: {}  # the control: what the hook prevents
     run(generation, model, processor, batch, algo, teacher, engine, Path(out_dir) / f"unsynced_{rank}.json")
 
@@ -88,6 +89,43 @@ def run(generation, model, processor, batch, algo, teacher, engine, out_json: Pa
             t3 = time.perf_counter()
             seconds.append({"train": t1 - t0, "teacher": t2 - t1, "ema": t3 - t2})
     out_json.write_text(json.dumps({"rank": rank, "lengths": lengths, "seconds": seconds}))
+
+
+def compare_gathers(model, processor, batch, algo, out_json: Path) -> None:
+    """rollout.hf.zero3_gather: per_layer and once sample the same tokens from the same seed; once runs
+    its decode steps without ZeRO-3's per-module hooks (no fetch at all)."""
+    import torch
+
+    from visd_exp.models import vision_token_ids
+    from visd_exp.rollout.engine import HFEngine
+
+    hooks_before = len(model_hooks(model))
+    tokens, fetches = {}, {}
+    for mode in ("per_layer", "once"):
+        torch.manual_seed(7)
+        calls = []
+        handle = model.get_input_embeddings().register_forward_pre_hook(
+            lambda mod, args, calls=calls: calls.append(len(mod._forward_pre_hooks))
+        )
+        rollouts = HFEngine(mode).generate(
+            model, processor, batch, algo, vision_token_ids(processor.tokenizer)
+        )
+        handle.remove()
+        tokens[mode] = rollouts.completion_ids.tolist()
+        fetches[mode] = calls[0]  # pre-hooks on the embedding during the call (ZeRO-3's fetch hook + ours)
+    out_json.write_text(
+        json.dumps(
+            {
+                "tokens": tokens,
+                "pre_hooks": fetches,
+                "hooks_restored": len(model_hooks(model)) == hooks_before,
+            }
+        )
+    )
+
+
+def model_hooks(model) -> list:
+    return [h for m in model.modules() for h in (*m._forward_pre_hooks.values(), *m._forward_hooks.values())]
 
 
 if __name__ == "__main__":

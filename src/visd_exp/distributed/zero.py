@@ -268,3 +268,34 @@ def ensure_fp32_teacher_state(module) -> bool:
 
     teacher.master = FP32State(teacher.copy)
     return True
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: nn.Module) -> Iterator[None]:
+    """`model`'s parameters gathered whole for the block, with ZeRO-3's per-module hooks taken off (so that a
+    decode step fetches and releases nothing), then re-partitioned and the hooks put back
+    (`rollout.hf.zero3_gather: once`). Without ZeRO-3: a no-op. Collective: every rank enters it.
+
+    Memory: the whole model in its forward dtype on every rank for the duration (the planner's
+    `rollout/gathered_weights`); every decode step then runs without a single all-gather, where the
+    per-layer hooks gather every layer at every generated token (`per_layer`, the default)."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    offload = getattr(getattr(params[0], "_z3_optimizer", None), "parameter_offload", None)
+    if offload is None:
+        raise RuntimeError(
+            "rollout.hf.zero3_gather=once: the ZeRO-3 parameters have no optimizer yet (generate before "
+            "the DeepSpeed engine exists?)"
+        )
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            offload._register_deepspeed_module(offload.module)  # the hooks back, on the whole wrapped module

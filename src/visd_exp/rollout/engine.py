@@ -35,14 +35,32 @@ log = logging.getLogger(__name__)
 ENGINES = ("hf", "vllm")
 
 
+ZERO3_GATHER = ("per_layer", "once")
+
+
 class HFEngine:
-    """transformers' `generate` on the trained model: the weights are the trainer's by construction."""
+    """transformers' `generate` on the trained model: the weights are the trainer's by construction.
+
+    zero3_gather (`rollout.hf.zero3_gather`), under DeepSpeed ZeRO-3 only: `per_layer` lets ZeRO-3's hooks
+    gather each layer at each decode step (every generated token moves the whole model over the network);
+    `once` gathers the model whole for the generate call (distributed/zero.py `gathered_for_generation`):
+    the same tokens, one gather per call, the whole model in memory on every rank meanwhile."""
 
     name = "hf"
     version: int | None = None
 
+    def __init__(self, zero3_gather: str = "per_layer"):
+        if zero3_gather not in ZERO3_GATHER:
+            raise ValueError(f"rollout.hf.zero3_gather={zero3_gather!r}: one of {', '.join(ZERO3_GATHER)}")
+        self.zero3_gather = zero3_gather
+
     def generate(self, model, processor, batch: dict, how, suppress_ids: list[int]) -> RolloutBatch:
         # looked up at call time: tests record what reaches it
+        if self.zero3_gather == "once":
+            from visd_exp.distributed.zero import gathered_for_generation
+
+            with gathered_for_generation(model):
+                return generation.generate_rollouts(model, processor, batch, how, suppress_ids)
         return generation.generate_rollouts(model, processor, batch, how, suppress_ids)
 
     def sync(self, model, version: int) -> float:
@@ -69,7 +87,7 @@ def build_engine(rollout_cfg, model, processor, *, precision: str = "32-true", l
     max_model_len, max_num_seqs}); the vLLM engine sizes its KV cache and inputs by them."""
     name = engine_name(rollout_cfg)
     if name == "hf":
-        return HFEngine()
+        return HFEngine(str(((rollout_cfg or {}).get("hf") or {}).get("zero3_gather", "per_layer")))
     from visd_exp.rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(rollout_cfg.vllm, model, processor, precision=precision, limits=limits or {})
