@@ -1,36 +1,16 @@
 """A callback for the memory tests: this rank's `rank_memory` at train start and after the first optimizer
-step, written to <dirpath>/memory_rank<r>.json with a census of every tensor storage Python can reach
-(so a test can see what the items leave out). Used with `+callbacks.memory_probe._target_=memory_probe.MemoryProbe`
+step, written to <dirpath>/memory_rank<r>.json. Used with `+callbacks.memory_probe._target_=memory_probe.MemoryProbe`
 and tests/ on PYTHONPATH."""
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from visd_exp.distributed.memory import rank_memory
 from visd_exp.distributed.zero import deepspeed_engine
-
-
-def storage_census() -> dict[str, int]:
-    """Bytes of every distinct tensor storage reachable from Python objects, by device type."""
-    seen: dict[tuple, int] = {}
-    for obj in gc.get_objects():
-        try:
-            if not isinstance(obj, torch.Tensor) or obj.device.type == "meta":
-                continue
-            storage = obj.untyped_storage()
-            seen[(obj.device.type, storage.data_ptr())] = storage.nbytes()
-        except Exception:  # noqa: BLE001 - objects that are tensors in name only (e.g. half-built)
-            continue
-    out: dict[str, int] = {}
-    for (device, _), nbytes in seen.items():
-        out[device] = out.get(device, 0) + nbytes
-    return out
 
 
 class MemoryProbe(L.Callback):
@@ -42,7 +22,6 @@ class MemoryProbe(L.Callback):
         engine = deepspeed_engine(trainer)
         self.records[name] = {
             "memory": rank_memory(pl_module, engine),
-            "census": storage_census(),
             "global_step": trainer.global_step,
         }
         self.dirpath.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,11 @@ def split_arguments(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
 
 def make_plan(overrides: list[str], assume_items: list[str] | None = None) -> dict:
     """The plan of the run these overrides describe (the dict --json writes)."""
+    return plan_config(compose_config(overrides), assume_items, overrides)
+
+
+def plan_config(cfg, assume_items: list[str] | None = None, overrides: list[str] | None = None) -> dict:
+    """The plan of a composed config (e.g. a run's config_resolved.yaml, loaded with OmegaConf)."""
     from omegaconf import OmegaConf
 
     from visd_exp.planning.assumptions import build_assumptions, parse_assume
@@ -69,12 +74,11 @@ def make_plan(overrides: list[str], assume_items: list[str] | None = None) -> di
     from visd_exp.planning.report import build_plan
     from visd_exp.planning.shapes import build_shapes
 
-    cfg = compose_config(overrides)
     plan_node = OmegaConf.to_container(cfg.plan, resolve=True) if cfg.get("plan") is not None else {}
     assume = build_assumptions(plan_node, parse_assume(assume_items))
     spec = model_spec(cfg.model)
     shapes = build_shapes(cfg, spec, assume)
-    return build_plan(cfg, spec, shapes, setting_from(cfg, shapes), assume, overrides)
+    return build_plan(cfg, spec, shapes, setting_from(cfg, shapes), assume, list(overrides or []))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ class Forward:
     b: int  # activation bytes per element
     checkpointing: bool
     gqa_kv: bool = True  # k, v kept at num_key_value_heads width (FlashAttention-2, maskless sdpa)
+    padding_mask: bool = False  # sdpa with padded rows: one [n, 1, T, T] bool mask shared by every layer
 
 
 def _norm(elements: int, b: int) -> int:
@@ -116,6 +117,7 @@ def saved_bytes(spec: ModelSpec, f: Forward) -> int:
     return (
         lm
         + lm_outside_bytes(spec, f.rows, f.length, f.b)
+        + (f.rows * f.length * f.length if f.padding_mask else 0)
         + vision
         + vision_outside_bytes(spec, f.patches, f.b)
     )

@@ -1,9 +1,10 @@
 """Host RAM and disk of a run.
 
-Host RAM at start: every process loads the whole student (`from_pretrained` in `model.dtype`) and deep-copies
-it into the teacher before any engine exists (teacher/variants.py), so a node holds devices x (2 copies)
-until DeepSpeed moves them to the GPUs. While training, a sleeping vLLM engine (sleep level 1) keeps its
-weights in host memory, one bf16 copy per process.
+Host RAM at start: without ZeRO-3 every process loads the whole student (`from_pretrained` in `model.dtype`)
+and deep-copies it into the teacher (teacher/variants.py). Under ZeRO-3 the student and the teacher are built
+partitioned inside zero.Init and read file by file (models/partitioned.py): a process holds its runtime and,
+on rank 0, one tensor of the memory-mapped file at a time. While training, a sleeping vLLM engine (sleep
+level 1) keeps its weights in host memory, one bf16 copy per process.
 
 Disk per checkpoint (ZeRO-3: each rank writes its own files, DeepSpeed's layout):
 - zero_pp_rank_<r>_mp_rank_00_optim_states.pt: the fp32 master partitions and both Adam moments (12 bytes
@@ -28,10 +29,14 @@ GIB = 2**30
 def host_ram(cfg, spec: ModelSpec, shapes: Shapes, st: Setting, assume: Assumptions, engine: str) -> dict:
     from visd_exp.planning.memory import DTYPE_BYTES
 
-    loaded = spec.numel * DTYPE_BYTES[str(cfg.model.get("dtype", "float32"))]
-    per_process = loaded * (2 if st.has_copy else 1) + int(assume.host_runtime_gb * GIB)
-    if st.stage == 0 and separate_teacher_state(st):
-        per_process += 4 * spec.numel  # the EMA's fp32 buffers, built with the teacher
+    loaded = DTYPE_BYTES[str(cfg.model.get("dtype", "float32"))]
+    runtime = int(assume.host_runtime_gb * GIB)
+    if st.stage == 3:
+        per_process = runtime + max(p.numel for p in spec.params) * loaded  # one tensor read at a time
+    else:
+        per_process = spec.numel * loaded * (2 if st.has_copy else 1) + runtime
+        if separate_teacher_state(st):
+            per_process += 4 * spec.numel  # the EMA's fp32 buffers, built with the teacher
     sleeping = (
         spec.numel * 2 if engine == "vllm" and cfg.rollout.vllm.get("sleep_between_rollouts", True) else 0
     )

@@ -1,7 +1,7 @@
 """The per-GPU peak: what each phase of a step adds to the memory a rank always holds (planning/memory.py).
 
-Phases: start (DeepSpeed moves the whole module to the GPU before partitioning it: engine.py
-`_configure_distributed_model`), rollout (HF generate with ZeRO-3 gathers, or a woken vLLM engine), weight
+Phases: start (ZeRO-3: the student and teacher built partitioned inside zero.Init and loaded one module at
+a time, models/partitioned.py), rollout (HF generate with ZeRO-3 gathers, or a woken vLLM engine), weight
 push to vLLM, the update micro-batch (the student's forward and backward with the teacher's terms), and the
 optimizer step. Transient sizes come from planning/activations.py; each line says what it counts.
 """
@@ -82,7 +82,11 @@ def batch_tensors(shapes: Shapes) -> int:
 def update_items(cfg, spec, shapes: Shapes, st: Setting, checkpointing: bool):
     b = st.weight_bytes if st.stage == 3 else (2 if shapes.half else 4)
     patches = shapes.micro_prompts * shapes.frames * shapes.patches_per_frame
-    forward = act.Forward(shapes.micro_rows, shapes.student_len, patches, b, checkpointing)
+    flash = str(cfg.model.get("attn_implementation", "sdpa")).startswith("flash")
+    # sdpa: rows are padded (completions end at different lengths), so it gets a mask and repeats k, v
+    forward = act.Forward(
+        shapes.micro_rows, shapes.student_len, patches, b, checkpointing, gqa_kv=flash, padding_mask=not flash
+    )
     live = int(st.zero.get("stage3_max_live_parameters", 0)) + int(
         st.zero.get("stage3_prefetch_bucket_size", 0)
     )
@@ -149,10 +153,13 @@ def plan_peak(
             ("one gathered module", _gathered(spec, st, spec.largest_module), ""),
         ]
     totals = {name: base + sum(b for _, b, _ in items) for name, items in phases.items()}
-    if st.stage == 3:  # before partitioning: the whole module (student and teacher) in the engine dtype
-        whole = spec.numel * st.weight_bytes * (2 if st.has_copy else 1)
-        phases["start"] = [("whole module on the GPU", whole, "before ZeRO-3 partitions it")]
-        totals["start"] = whole + int(assume.cuda_overhead_gb * GIB)
+    if st.stage == 3:  # zero.Init: partitions as they are created, one module gathered at a time to load it
+        shards = persistent[0][1] + persistent[1][1]
+        phases["start"] = [
+            ("student and teacher partitions", shards, "built inside zero.Init (models/partitioned.py)"),
+            ("one gathered module", _gathered(spec, st, spec.largest_module), "while its weights are read"),
+        ]
+        totals["start"] = int(assume.cuda_overhead_gb * GIB) + sum(b for _, b, _ in phases["start"])
     peak_phase = max(totals, key=totals.get)
     return {
         "engine": engine,

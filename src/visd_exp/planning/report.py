@@ -68,6 +68,7 @@ def build_plan(
             for k, v in host_ram(cfg, spec, shapes, st, assume, peak["engine"]).items()
         },
         "checkpoint_gb": gib(checkpoint["total"]),
+        "checkpoint_bytes": {"per_rank": checkpoint["per_rank"], "total": checkpoint["total"]},
         "checkpoint": {
             k: (gib(v) if k in ("per_rank", "total", "run_total", "per_1000_steps") else v)
             for k, v in checkpoint.items()
