@@ -293,3 +293,30 @@ def test_zero3_teacher_current_reuses_the_students_image_features(cache_dir, tmp
     rows = metrics(run)
     assert sorted(rows) == [0, 1]
     assert all(math.isfinite(r["loss"]) and r["credit/delta_abs_mean"] > 0 for r in rows.values())
+
+
+def test_zero3_memory_items_are_the_plans(zero3_run):
+    """The planner's per-rank items (visd_exp.plan on this run's resolved config: 2 ranks, the tiny model,
+    fp32, ZeRO-3, teacher=ema) equal, byte for byte, what the run measured on its real tensors
+    (distributed/memory.py `rank_memory`, logged by the module): the first logged row of memory/* items is
+    train start, the next one after the first optimizer step."""
+    from omegaconf import OmegaConf
+
+    from visd_exp.distributed.memory import KEYS
+    from visd_exp.plan import plan_config
+
+    planned = plan_config(OmegaConf.load(zero3_run / "config_resolved.yaml"))["per_rank_bytes"]
+    with open(zero3_run / "csv" / "version_0" / "metrics.csv") as f:
+        logged = [
+            {k: float(row[k]) for k in KEYS if row.get(k) not in ("", None)}
+            for row in csv.DictReader(f)
+            if row.get("memory/optimizer_state_bytes") not in ("", None)
+        ]
+    assert len(logged) >= 2, (
+        "the run logged memory/* items fewer than twice: VISDModule should log rank_memory(self, "
+        "deepspeed_engine(self.trainer)) at train start and after the first optimizer step"
+    )
+    for phase, row in zip(("start", "after_step"), logged):
+        assert row == {k: float(v) for k, v in planned[phase].items()}, phase
+    start, after = (row["memory/optimizer_state_bytes"] for row in logged[:2])
+    assert after > start  # the Adam moments appear at the first step
