@@ -40,13 +40,12 @@ def rollout_items(cfg, spec, shapes: Shapes, st: Setting, assume: Assumptions, e
     patches = shapes.prompts * shapes.frames * shapes.patches_per_frame
     if engine == "vllm":
         util = float(cfg.rollout.vllm.get("gpu_memory_utilization", 0.3))
-        return [
-            (
-                "vLLM engine awake",
-                int(util * assume.gpu_memory_gb * GIB),
-                f"gpu_memory_utilization {util} x GPU",
-            )
-        ]
+        share = int(util * assume.gpu_memory_gb * GIB)
+        room = share - spec.numel * 2  # what its bf16 weights leave for the KV cache and activations
+        need = act.kv_cache_bytes(spec, shapes.rows, shapes.student_len, 2)
+        verdict = "enough" if room >= need else "TOO SMALL: raise rollout.vllm.gpu_memory_utilization"
+        note = f"gpu_memory_utilization {util} x GPU; {gib(room)} GiB beside its weights, KV needs {gib(need)}: {verdict}"
+        return [("vLLM engine awake", share, note)]
     items = []
     if st.stage == 3 and gather == "once":
         items.append(("gathered student (once per generate)", spec.numel * b, "the whole model, bf16"))
