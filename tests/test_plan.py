@@ -85,6 +85,7 @@ ONE_PROCESS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ONE_PROCESS))
 def test_one_process_items_are_the_runs_tensors(name, cache_dir, tmp_path):
     from test_train_e2e import compose_train

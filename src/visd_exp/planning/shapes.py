@@ -152,7 +152,9 @@ def build_shapes(cfg, spec: ModelSpec, assume: Assumptions) -> Shapes:
         patches_per_frame=patches,
         tokens_per_frame=tokens,
         text_tokens=text,
-        prompt=frames * (tokens + 2) + text,  # + <|vision_start|> and <|vision_end|> per frame
+        # + <|vision_start|> and <|vision_end|> per frame; a longer prompt than data.max_prompt_length is
+        # dropped by the data module, so none in training is longer
+        prompt=min(frames * (tokens + 2) + text, int(data.get("max_prompt_length") or 1 << 30)),
         privileged=int(assume.privileged_tokens)
         if cfg.get("teacher") and cfg.teacher.get("name") not in (None, "none")
         else 0,
