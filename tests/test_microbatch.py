@@ -16,7 +16,7 @@ from visd_exp.models import vision_token_ids
 from visd_exp.module import VISDModule
 from visd_exp.rollout.generation import generate_rollouts, repeat_prompts, select_rows
 from visd_exp.step_forward import TeacherReplay, micro_slices, policy_update, recompute_logprobs
-from visd_exp.teacher import privileged_block, teacher_inputs, teacher_logits
+from visd_exp.teacher import privileged_block, teacher_inputs, teacher_states
 
 REAL_STEP, REAL_BATCH = VISDModule.take_optimizer_step, VISDModule.training_step
 CREDIT = OmegaConf.create({"name": "topk", "k": 4, "eps_w": 0.2})
@@ -57,7 +57,7 @@ def update(case, size):
     C = rollouts.completion_ids.shape[1]
     replay = TeacherReplay(
         inputs,
-        lambda x, images, features=None: teacher_logits(teacher, x, C, images, features),
+        lambda x, images, features=None: teacher_states(teacher, x, C, images, features),
         CREDIT,
         lam=0.5,
     )
@@ -197,7 +197,7 @@ def test_teacher_current_reuses_the_students_image_features(case, monkeypatch, d
 
     def run(shares: bool):
         calls.clear()
-        forward = lambda x, images, features=None: teacher_logits(model, x, C, images, features)  # noqa: E731
+        forward = lambda x, images, features=None: teacher_states(model, x, C, images, features)  # noqa: E731
         replay = TeacherReplay(inputs, forward, CREDIT, lam=0.5, shares_student_vision=shares)
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
@@ -267,7 +267,7 @@ def test_student_goes_first_only_while_the_judges_feedback_is_pending(case):
 
     def teacher_forward(x, images, features=None):
         events.append("teacher")
-        return teacher_logits(teacher, x, C, images, features)
+        return teacher_states(teacher, x, C, images, features)
 
     def run(replay_inputs):
         events.clear()
@@ -278,7 +278,7 @@ def test_student_goes_first_only_while_the_judges_feedback_is_pending(case):
         model.zero_grad(set_to_none=True)
         return out, list(events)
 
-    handle = model.register_forward_pre_hook(lambda *a: events.append("student"))
+    handle = model.model.register_forward_pre_hook(lambda *a: events.append("student"))  # the backbone
     try:
         pending, pending_order = run(build_inputs)
         ready, ready_order = run(inputs)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from visd_exp.data.prompts import render_prompt
 from visd_exp.judge import evidence_from_sample
-from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_logits
+from visd_exp.teacher import build_teacher, privileged_block, teacher_inputs, teacher_states
 from visd_exp.teacher.replay import expand_and_tokenize
 
 
@@ -136,8 +136,12 @@ def test_replay_without_privileged_block_reproduces_the_student(replay_setup):
     student = rollouts.model_inputs()
     assert torch.equal(inputs["input_ids"], student["input_ids"])
     assert torch.equal(inputs["mm_token_type_ids"], student["mm_token_type_ids"])
-    t = torch.log_softmax(teacher_logits(model, inputs, C).float() / 0.9, -1)
-    lp = t.gather(-1, rollouts.completion_ids[..., None])[..., 0]
+    from visd_exp.step_forward import teacher_terms
+
+    states = teacher_states(model, inputs, C)
+    sampled = OmegaConf.create({"name": "sampled_token", "eps_w": 0.2, "chunk_size": 16})
+    terms = teacher_terms(sampled, states, rollouts.completion_ids, rollouts.completion_mask, 0.9)
+    lp = terms.logit_y - terms.lse  # log q(y_t) at temperature 0.9
     mask = rollouts.completion_mask.bool()
     assert (lp - rollouts.old_logprobs)[mask].abs().max() < 1e-4
 
@@ -157,9 +161,9 @@ def test_replay_with_privileged_block_lines_up_token_for_token(replay_setup):
     header = processor.tokenizer("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     for row_t, row_s in zip(inputs["input_ids"], student["input_ids"]):
         assert row_t[-C - len(header) : -C].tolist() == header == row_s[-C - len(header) : -C].tolist()
-    logits = teacher_logits(model, inputs, C)
-    assert logits.shape[:2] == rollouts.completion_ids.shape and torch.isfinite(logits).all()
-    assert not logits.requires_grad
+    states = teacher_states(model, inputs, C)  # hidden states [N, C, H] scoring the completion tokens
+    assert states.hidden.shape[:2] == rollouts.completion_ids.shape and torch.isfinite(states.hidden).all()
+    assert not states.hidden.requires_grad and states.head is model.get_output_embeddings()
 
 
 # ---------------------------------------------------------------- a teacher told a* agrees with a correct answer
@@ -180,7 +184,26 @@ class AnswerCopyLM(torch.nn.Module):
     support U (ties at logit 0 go to the lowest ids, which the answer tokens are not among), with the
     student uniform: Delta = ALPHA + log K - log(e^ALPHA + K - 1) on a token that equals a*_k and
     log(K + 1) - log(e^ALPHA + K) on one that does not (Eq. 21-22); 0 everywhere else.
+
+    Laid out as Qwen2.5-VL is: `model` (the language model: here its "hidden states" are those logits)
+    and an output layer (here the identity), so the replay takes its chunked path through it.
     """
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.model = CopyBackbone(tokenizer)
+        self.lm_head = torch.nn.Identity()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask, logits_to_keep, **_):
+        logits = self.lm_head(self.model(input_ids, attention_mask)[0])
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:])
+
+
+class CopyBackbone(torch.nn.Module):
+    """AnswerCopyLM's language model: [n, L, V] "hidden states" that are its logits (ALPHA or 0)."""
 
     def __init__(self, tokenizer):
         super().__init__()
@@ -203,7 +226,7 @@ class AnswerCopyLM(torch.nn.Module):
         k = len(context) - 1 - openers[-1]  # answer tokens written so far
         return reference[k] if k < len(reference) else None
 
-    def forward(self, input_ids, attention_mask, logits_to_keep, **_):
+    def forward(self, input_ids, attention_mask, **_):
         n, length = input_ids.shape
         logits = torch.zeros(n, length, self.vocab_size)
         for b in range(n):
@@ -214,7 +237,7 @@ class AnswerCopyLM(torch.nn.Module):
                 target = self.copy_target(ids[: j + 1])
                 if target is not None:
                     logits[b, p, target] = ALPHA
-        return SimpleNamespace(logits=logits[:, -logits_to_keep:])
+        return (logits,)
 
 
 def copy_case(processor):
@@ -277,14 +300,16 @@ def copy_case(processor):
 
 
 def test_teacher_told_the_answer_raises_delta_on_a_correct_answer_and_lowers_it_on_a_wrong_one(tiny):
-    """Through the real replay path: privileged_block (a*, e, f) -> teacher_inputs -> teacher_logits, the
-    student's policy_logprobs, topk_support_log_ratio (Eq. 3-4), then m_t and A^_t (Eq. 5-7).
+    """Through the real replay path: privileged_block (a*, e, f) -> teacher_inputs -> teacher_states and its
+    top-K terms, the student's policy_logprobs at that support, Delta (Eq. 3-4), then m_t and A^_t (Eq. 5-7).
 
     Fails if a* is missing from the teacher's context (Delta = 0 on the answers), if the replay is off by a
     token (the copy lands on a neighbour), or if Delta's sign is flipped (teacher minus student)."""
-    from visd_exp.credit import token_advantages, token_weights, topk_support_log_ratio
+    from visd_exp.credit import token_advantages, token_weights
+    from visd_exp.credit.lean import log_ratio_from_terms
     from visd_exp.objectives import group_advantages
     from visd_exp.rollout.generation import policy_logprobs
+    from visd_exp.step_forward import teacher_terms
 
     _, processor = tiny
     tok = processor.tokenizer
@@ -293,10 +318,18 @@ def test_teacher_told_the_answer_raises_delta_on_a_correct_answer_and_lowers_it_
     feedback = ["The answer is right.", "The answer is wrong.", "The span is right.", "The span is late."]
     blocks = [privileged_block(s["answer"], evidence_from_sample(s), f) for s, f in zip(samples, feedback)]
     C = rollouts.completion_ids.shape[1]
-    t_logits = teacher_logits(model, teacher_inputs(processor, rollouts, samples, blocks, grids), C)
-    _, s_logits = policy_logprobs(model, rollouts, temperature=1.0)
-    tokens = rollouts.completion_ids.masked_fill(rollouts.completion_mask == 0, -100)
-    delta = topk_support_log_ratio(t_logits, s_logits, tokens, K)
+    completion, valid = rollouts.completion_ids, rollouts.completion_mask
+    credit = OmegaConf.create({"name": "topk", "k": K, "eps_w": 0.2, "chunk_size": 16})
+
+    def replay_delta(teacher_blocks) -> torch.Tensor:
+        """Delta_t as policy_update takes it: the teacher's terms, then the student's pass at their support."""
+        states = teacher_states(model, teacher_inputs(processor, rollouts, samples, teacher_blocks, grids), C)
+        t_terms = teacher_terms(credit, states, completion, valid, 1.0)
+        _, student = policy_logprobs(model, rollouts, temperature=1.0, teacher=t_terms)
+        return log_ratio_from_terms(t_terms, student.terms, completion, valid)
+
+    delta = replay_delta(blocks)
+    tokens = completion.masked_fill(valid == 0, -100)
 
     # the expected Delta, from where each rollout writes its answer and what a* is
     want = torch.zeros(tokens.shape)
@@ -324,8 +357,7 @@ def test_teacher_told_the_answer_raises_delta_on_a_correct_answer_and_lowers_it_
     assert (wrong_span[~departs] > 0).all()  # "From <t>", ".0</t>s to": written as a* writes them
 
     # without the privileged block the same network is the student: no credit anywhere
-    plain = teacher_logits(model, teacher_inputs(processor, rollouts, samples, [None] * 4, grids), C)
-    assert torch.equal(topk_support_log_ratio(plain, s_logits, tokens, K), torch.zeros(tokens.shape))
+    assert torch.equal(replay_delta([None] * 4), torch.zeros(tokens.shape))
 
     # rewards 1 / 0 in each group: the answer tokens get the largest weight of their rollout, m = 1 + eps_w,
     # whether the rollout is reinforced (A > 0, Delta > 0) or suppressed (A < 0, Delta < 0)

@@ -30,7 +30,7 @@ def test_lambda_zero_is_exactly_grpo(cache_dir, tmp_path, monkeypatch):
     import visd_exp.algorithms.visd as visd
 
     calls = []
-    monkeypatch.setattr(visd, "teacher_logits", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(visd, "teacher_states", lambda *a, **k: calls.append(1))
     grpo = run(cache_dir, tmp_path / "grpo", "+experiment=grpo")
     visd0 = run(
         cache_dir, tmp_path / "visd0", "+experiment=ema_topk", "schedule=constant", "schedule.value=0.0"

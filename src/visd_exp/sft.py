@@ -102,10 +102,10 @@ def sft_loss(model, processor, batch: dict) -> SFTLoss:
     """Mean negative log-likelihood of the samples' targets (`sft_target`) given their prompts."""
     rb = target_batch(processor, batch, [sft_target(sample) for sample in batch["samples"]])
     # logits at the target positions only: the prompt's tokens are never predicted, so never in the loss
-    logprobs, logits = policy_logprobs(model, rb, temperature=1.0)
+    logprobs, out = policy_logprobs(model, rb, temperature=1.0)  # chunk by chunk: no [B, T, V] logits
     mask = rb.completion_mask.to(logprobs.dtype)
     with torch.no_grad():
-        correct = (logits.argmax(dim=-1) == rb.completion_ids).to(mask.dtype)
+        correct = (out.argmax == rb.completion_ids).to(mask.dtype)
         accuracy = (correct * mask).sum() / mask.sum()
     return SFTLoss(-(logprobs * mask).sum() / mask.sum(), rb.completion_mask.sum(dim=1), accuracy)
 

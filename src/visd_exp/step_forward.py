@@ -3,10 +3,11 @@
 `algorithm.micro_batch_size` rollouts go through the network at a time (null: all N at once). For each
 micro-batch of n rollouts, `policy_update` runs, in order:
 
-    teacher replay (no grad)  -> Delta_t        (Eq. 4: top-K support or sampled token, `credit` group)
+    teacher replay (no grad)  -> its top-K ids and logits, its logit at y_t   (credit/lean.py)
+    student forward (grad)    -> log pi(y_t), entropy, its logits at those ids (objectives/chunked_logprobs.py)
+                              -> Delta_t        (Eq. 4: top-K support or sampled token, `credit` group)
                               -> m_t            (Eq. 5-6)
                               -> A^_t           (Eq. 7; GRPO: A^_t = A)
-    student forward (grad)    -> log pi(y_t)    (selective log-softmax: [n, C] out of the [n, C, V] logits)
     clipped surrogate (Eq. 9) x n / N -> backward
 
 except while a remote judge's feedback is still pending (algorithms/visd.py asks it in a background
@@ -17,9 +18,15 @@ With `teacher=current` (the teacher is the student) the replay reuses the studen
 detached, instead of encoding the same frames again (models/shared_vision.py).
 
 Eq. 9 is a mean over the N rollouts of per-rollout token means, so the micro-batch losses scaled by n / N
-sum to the full-batch loss and their gradients accumulate to the full-batch gradient. At most one
-micro-batch's [n, C, V] logits (student and teacher) exist at a time; what leaves a micro-batch is [n, C].
-`recompute_logprobs` is the no-grad forward of `algorithm.old_logprobs=recompute`, with the same micro-batches.
+sum to the full-batch loss and their gradients accumulate to the full-batch gradient.
+
+No [n, C, V] tensor is made (issue 23, item 3): both models stop at their last hidden states [n, C, H]
+(models/shared_vision.py `completion_states`) and their output layers run chunk by chunk of positions:
+the teacher's in `credit.chunk_size` positions, keeping only [n, C, K] of it (credit/lean.py); the
+student's in checkpointed chunks whose logits backward recomputes (objectives/chunked_logprobs.py). When
+the student went first its logits at the teacher's support are one more no-grad pass of its output layer.
+`recompute_logprobs` is the no-grad forward of `algorithm.old_logprobs=recompute`, with the same
+micro-batches and chunks (the first ratio is exactly 1).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from typing import Any
 import torch
 
 from visd_exp import credit
-from visd_exp.models.shared_vision import detached, vision_features
+from visd_exp.credit.lean import PositionTerms, credit_needs, log_ratio_from_terms, output_terms
+from visd_exp.models.shared_vision import CompletionStates, detached, vision_features
 from visd_exp.objectives import clipped_surrogate_loss
 from visd_exp.rollout.generation import RolloutBatch, policy_logprobs, select_rows
 
@@ -56,20 +64,9 @@ def recompute_logprobs(model, rollouts: RolloutBatch, temperature: float, micro_
         rollouts.completion_ids.shape, dtype=torch.float32, device=rollouts.completion_ids.device
     )
     for rows in micro_slices(rollouts.num_rollouts, micro_batch_size):
-        logprobs, logits = policy_logprobs(model, rollouts.select(rows), temperature)
-        del logits
+        logprobs, _ = policy_logprobs(model, rollouts.select(rows), temperature)
         out[rows] = logprobs * rollouts.completion_mask[rows]
     return out
-
-
-def entropy_sum(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
-    """Sum of the policy's entropy over valid completion positions (row by row, no grad)."""
-    total = 0.0
-    with torch.no_grad():
-        for row, row_mask in zip(logits, mask):
-            logp = torch.log_softmax(row.float() / temperature, dim=-1)
-            total += (-(logp.exp() * logp).sum(-1) * row_mask).sum().item()
-    return total
 
 
 @dataclass
@@ -79,8 +76,9 @@ class TeacherReplay:
     # teacher_inputs(...) for every rollout (privileged prompt + the same completion tokens), or a function
     # that builds them when the first micro-batch needs them (VISD: it waits for the judge's feedback)
     inputs: dict | Callable[[], dict]
-    # (micro-batch inputs, images per row, image features or None) -> [n, C, V]
-    forward: Callable[[dict, list[int] | None, dict | None], torch.Tensor]
+    # (micro-batch inputs, images per row, image features or None) -> the teacher's last hidden states at
+    # the completion positions and its output layer (teacher/replay.py `teacher_states`)
+    forward: Callable[[dict, list[int] | None, dict | None], CompletionStates]
     credit: Any  # the `credit` config node (name, k, eps_w, chunk_size)
     lam: float  # lambda of Eq. 7
     # teacher=current: the teacher is the student, so the student forward's image features serve it too
@@ -106,24 +104,48 @@ class UpdateResult:
     weights: torch.Tensor | None = None  # [N, C] m_t (Eq. 6), VISD only
 
 
-def log_ratio(credit_cfg, t_logits, s_logits, tokens, mask, temperature: float) -> torch.Tensor:
-    """Delta_t per the `credit` group on logits / temperature; padding gets token id -100 (Delta = 0)."""
-    tokens = tokens.masked_fill(mask == 0, -100)
-    if temperature != 1.0:
-        t_logits, s_logits = t_logits / temperature, s_logits / temperature
-    return credit.log_ratio_for(credit_cfg, t_logits, s_logits, tokens)
+def teacher_terms(credit_cfg, states: CompletionStates, tokens, mask, temperature: float) -> PositionTerms:
+    """What Delta_t needs of the teacher (its top-K ids and logits and its logit at y_t; its logsumexp for
+    sampled_token), on logits / temperature, `credit.chunk_size` positions at a time."""
+    k, full_lse = credit_needs(credit_cfg)
+    chunk = credit_cfg.get("chunk_size", credit.DEFAULT_CHUNK_SIZE)
+    return output_terms(
+        states.hidden, states.head, tokens, mask, temperature, k=k, full_lse=full_lse, chunk_size=chunk
+    )
+
+
+def log_ratio(
+    credit_cfg, t_states: CompletionStates, s_states: CompletionStates, tokens, mask, temperature: float
+) -> torch.Tensor:
+    """Delta_t [n, C] per the `credit` group between two models' completion states, on the first's support
+    (0 at padding). The credit dumps compare the feedback and the answer-only teachers so (Eq. 31)."""
+    t = teacher_terms(credit_cfg, t_states, tokens, mask, temperature)
+    chunk = credit_cfg.get("chunk_size", credit.DEFAULT_CHUNK_SIZE)
+    s = output_terms(
+        s_states.hidden,
+        s_states.head,
+        tokens,
+        mask,
+        temperature,
+        support=t.support_ids,
+        full_lse=t.lse is not None,
+        chunk_size=chunk,
+    )
+    return log_ratio_from_terms(t, s, tokens, mask)
 
 
 def teacher_replay(
-    replay: TeacherReplay, rollouts: RolloutBatch, rows: slice, features, timed
-) -> torch.Tensor:
-    """[n, C, V] teacher logits of the micro-batch `rows`; features: the student's image features of these
-    rows when the teacher shares its weights (teacher=current), else None."""
+    replay: TeacherReplay, rollouts: RolloutBatch, rows: slice, features, timed, temperature: float
+) -> PositionTerms:
+    """The teacher's PositionTerms of the micro-batch `rows`; features: the student's image features of
+    these rows when the teacher shares its weights (teacher=current), else None."""
     inputs = replay.ready_inputs()  # the first time: the judge's feedback is awaited (timing/judge)
     with timed("teacher"):
         images = rollouts.images_per_row[rows] if rollouts.images_per_row else None
         t_features = detached(features) if features is not None else None  # the same frames and weights
-        return replay.forward(select_rows(inputs, rows, rollouts.images_per_row), images, t_features)
+        states = replay.forward(select_rows(inputs, rows, rollouts.images_per_row), images, t_features)
+        tokens, mask = rollouts.completion_ids[rows], rollouts.completion_mask[rows]
+        return teacher_terms(replay.credit, states, tokens, mask, temperature)
 
 
 def policy_update(

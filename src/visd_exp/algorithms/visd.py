@@ -23,7 +23,7 @@ import torch
 from visd_exp.judge import JudgeItem, evidence_from_sample
 from visd_exp.rollout.generation import select_rows
 from visd_exp.step_forward import TeacherReplay, log_ratio, micro_slices
-from visd_exp.teacher import privileged_block, teacher_inputs, teacher_logits
+from visd_exp.teacher import privileged_block, teacher_inputs, teacher_states
 
 
 class VISDCredit:
@@ -63,10 +63,11 @@ class VISDCredit:
         return teacher_inputs(self.processor, rollouts, samples, blocks, grids)
 
     def teacher_forward(self, student, rollouts):
-        """(micro-batch teacher inputs, its rows' image counts) -> [n, C, V] teacher logits at the completion
-        positions (no grad)."""
+        """(micro-batch teacher inputs, its rows' image counts, image features) -> the teacher's last hidden
+        states at the completion positions and its output layer (no grad); the credit takes its top-K from
+        them chunk by chunk (step_forward.teacher_terms), never from [n, C, V] logits."""
         completion_len = rollouts.completion_ids.shape[1]
-        return lambda inputs, images_per_row=None, image_features=None: teacher_logits(
+        return lambda inputs, images_per_row=None, image_features=None: teacher_states(
             self.teacher.model(student), inputs, completion_len, images_per_row, image_features
         )
 
@@ -132,7 +133,8 @@ class VISDCredit:
         answer_only = self.replay_inputs(part, samples[rows], [None] * m)  # r = (a*, e)
         forward = self.teacher_forward(student, part)
         # delta^judge (Eq. 31) = log q~^{a,f}(y) - log q~^{a}(y) on the feedback teacher's support: the
-        # credit function with the feedback teacher as "teacher" and the answer-only teacher as "student".
+        # credit with the feedback teacher as "teacher" and the answer-only teacher as "student" (its
+        # logits taken at the feedback teacher's top-K ids: a common support, teacher/dump.py).
         d_judge = torch.zeros(part.completion_ids.shape, dtype=torch.float32)
         for sub in micro_slices(m, self.micro_batch_size):
             images = part.images_per_row[sub]

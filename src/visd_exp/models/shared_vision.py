@@ -5,6 +5,7 @@ pixels) reuse its image features, handed to the model as `mm_encoder_outputs`; t
 exactly what it saw before, and the gradient that reaches the vision tower is the sum over the copies.
 
     logits = forward_with_shared_vision(model, inputs, images_per_row, logits_to_keep=..., use_cache=False)
+    states = completion_states(model, inputs, completion_len, images_per_row)   # no output layer
     model.generate(**without_pixels(inputs, images_per_row, model), ...)   # the prefill shares them too
 
 With `teacher=current` the teacher IS the student: the update's student forward encodes the frames
@@ -15,6 +16,8 @@ Rows with other frames (T-GRPO's shuffled rollouts, another prompt) are encoded 
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -122,3 +125,34 @@ def forward_with_shared_vision(
     if image_features is not None:
         return model(**with_features(inputs, image_features), **kwargs)
     return model(**without_pixels(inputs, images_per_row, model), **kwargs)
+
+
+@dataclass
+class CompletionStates:
+    """A model's last hidden states at the positions that score the completion tokens, and its output layer:
+    logits[:, t] = head(hidden[:, t]) scores token t (the chunked passes take it from here, never [n, C, V])."""
+
+    hidden: torch.Tensor  # [n, C, H]
+    head: torch.nn.Module  # the output layer (lm_head)
+
+
+def completion_states(
+    model,
+    inputs: dict,
+    completion_len: int,
+    images_per_row: list[int] | None,
+    image_features: dict | None = None,
+) -> CompletionStates:
+    """The language model without its output layer over prompt + completion (`model.model`, as
+    Qwen2.5-VL's forward calls it before `lm_head`), sharing the rows' vision passes like
+    `forward_with_shared_vision`; position C + 1 from the end predicts the first completion token."""
+    inputs = (
+        with_features(inputs, image_features)
+        if image_features is not None
+        else without_pixels(inputs, images_per_row, model)
+    )
+    hidden = model.model(**inputs, use_cache=False)[0]  # [n, P + C, H] after the final norm
+    length = hidden.shape[1]
+    return CompletionStates(
+        hidden[:, length - completion_len - 1 : length - 1], model.get_output_embeddings()
+    )

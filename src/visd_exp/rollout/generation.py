@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from visd_exp.credit.lean import PositionTerms
 from visd_exp.distributed.zero import generate_sync_kwargs
-from visd_exp.models.shared_vision import forward_with_shared_vision, without_pixels
-from visd_exp.objectives import selective_log_softmax
+from visd_exp.models.shared_vision import completion_states, without_pixels
+from visd_exp.objectives.chunked_logprobs import LOGPROB_CHUNK_SIZE, TokenLogProbs, completion_logprobs
 
 
 @dataclass
@@ -217,20 +218,33 @@ def generate_rollouts(model, processor, batch: dict, cfg, suppress_token_ids: li
 
 
 def policy_logprobs(
-    model, rollouts: RolloutBatch, temperature: float, image_features: dict | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the completion tokens under `model` (with grad) and their logits [N, C, V].
-    image_features: the rows' `mm_encoder_outputs` when already computed (models/shared_vision.py)."""
-    completion_len = rollouts.completion_ids.shape[1]
-    # logits_to_keep = C + 1: the last prompt position predicts the first completion token.
+    model,
+    rollouts: RolloutBatch,
+    temperature: float,
+    image_features: dict | None = None,
+    *,
+    teacher: PositionTerms | None = None,
+    chunk_size: int = LOGPROB_CHUNK_SIZE,
+) -> tuple[torch.Tensor, TokenLogProbs]:
+    """Log-probs [N, C] of the completion tokens under `model` (with grad; 0 at padding) and the whole pass
+    (entropy, greedy tokens, the credit's student terms at `teacher`'s support), never [N, C, V] logits
+    (objectives/chunked_logprobs.py). image_features: the rows' `mm_encoder_outputs` when already computed
+    (models/shared_vision.py)."""
     # The G rollouts of a prompt share one vision-tower pass (models/shared_vision.py).
-    out = forward_with_shared_vision(
+    states = completion_states(
         model,
         rollouts.model_inputs(),
+        rollouts.completion_ids.shape[1],
         rollouts.images_per_row,
         image_features,
-        logits_to_keep=completion_len + 1,
-        use_cache=False,
     )
-    logits = out.logits[:, :-1]
-    return selective_log_softmax(logits, rollouts.completion_ids, temperature), logits
+    out = completion_logprobs(
+        states.hidden,
+        states.head,
+        rollouts.completion_ids,
+        rollouts.completion_mask,
+        temperature,
+        teacher=teacher,
+        chunk_size=chunk_size,
+    )
+    return out.logprobs, out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from visd_exp.data.prompts import render_prompt
-from visd_exp.models.shared_vision import forward_with_shared_vision
+from visd_exp.models.shared_vision import CompletionStates, completion_states
 from visd_exp.rollout.generation import RolloutBatch
 
 
@@ -71,28 +71,21 @@ def teacher_inputs(
 
 
 @torch.no_grad()
-def teacher_logits(
+def teacher_states(
     teacher_model,
     inputs: dict,
     completion_len: int,
     images_per_row: list[int] | None = None,
     image_features: dict | None = None,
-) -> torch.Tensor:
-    """[N, C, V] logits of the teacher at the completion positions (logits[:, t] scores token t).
-    images_per_row: the rows' image counts, so that the G rollouts of a prompt share one vision pass.
-    image_features: the rows' image features already computed by these same weights (teacher=current:
-    the student's forward of these rows), so the frames are not encoded again."""
+) -> CompletionStates:
+    """The teacher's last hidden states [N, C, H] at the completion positions (hidden[:, t] scores token t)
+    and its output layer; the credit takes its top-K from them chunk by chunk (credit/lean.py), so no
+    [N, C, V] logits are made. images_per_row: the rows' image counts, so that the G rollouts of a prompt
+    share one vision pass. image_features: the rows' image features already computed by these same
+    weights (teacher=current: the student's forward of these rows), so the frames are not encoded again."""
     was_training = teacher_model.training
     teacher_model.eval()
     try:
-        out = forward_with_shared_vision(
-            teacher_model,
-            inputs,
-            images_per_row,
-            image_features,
-            logits_to_keep=completion_len + 1,
-            use_cache=False,
-        )
+        return completion_states(teacher_model, inputs, completion_len, images_per_row, image_features)
     finally:
         teacher_model.train(was_training)
-    return out.logits[:, :-1]
