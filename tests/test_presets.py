@@ -66,14 +66,21 @@ def test_every_number_of_a_preset_names_its_source(name):
 
 
 # -- the RL preset's length and layout ---------------------------------------------------------------------
-def test_paper_7b_trains_one_epoch_with_its_sampling_and_schedules():
-    cfg = composed("+experiment=paper_7b", "model.init_from=x", "data.train_file=x")
+def test_paper_7b_trains_one_epoch_with_its_sampling_and_schedules(tmp_path):
+    cfg = composed(
+        "+experiment=paper_7b", "model.init_from=x", "data.train_file=x", f"paths.output_dir={tmp_path}"
+    )
     assert (cfg.trainer.max_epochs, cfg.trainer.max_steps) == (1, -1)
     assert (cfg.algorithm.temperature, cfg.algorithm.top_p, cfg.algorithm.top_k) == (1.0, 0.95, 0)
     # Table 8's 600 annealing steps as written; a fraction of the real run is one override away
     assert (cfg.schedule.steps, cfg.schedule.fraction) == (600, None)
     scaled = composed("+experiment=paper_7b", "model.init_from=x", "schedule.fraction=0.5").schedule
     assert annealing_steps(scaled, 2250) == 1125 and annealing_steps(cfg.schedule, 2250) == 600
+    # the step-1,200 student (C.2's main result) is kept whatever the rotation deletes
+    import hydra
+
+    checkpoint = hydra.utils.instantiate(cfg.callbacks.model_checkpoint)
+    assert list(checkpoint.keep_steps) == [1200] and checkpoint.keep_last == 3
 
 
 def test_paper_7b_on_one_node_is_batch_2_with_accumulation_1():
