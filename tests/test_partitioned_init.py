@@ -76,3 +76,10 @@ def test_only_deepspeed_stage_3_builds_partitioned():
     assert wants_partitioned_init(cfg("visd_exp.distributed.strategy.DeepSpeedCPUStrategy", 3))
     assert not wants_partitioned_init(cfg("visd_exp.distributed.strategy.DeepSpeedCPUStrategy", 2))
     assert not wants_partitioned_init(OmegaConf.create({"trainer": {"strategy": "auto"}}))
+    whole = cfg("visd_exp.distributed.strategy.DeepSpeedCPUStrategy", 3)
+    whole.model = {"partitioned_init": False}  # the model loaded whole on every rank first, as before
+    assert not wants_partitioned_init(whole)
+    forced = cfg("visd_exp.distributed.strategy.DeepSpeedCPUStrategy", 2)
+    forced.model = {"partitioned_init": True}
+    with pytest.raises(ValueError, match="needs DeepSpeed ZeRO-3"):
+        wants_partitioned_init(forced)

@@ -29,8 +29,9 @@ from visd_exp import credit
 from visd_exp.algorithms import Policy, build_algorithm
 from visd_exp.algorithms.visd import VISDCredit
 from visd_exp.callbacks import LambdaSchedule, TeacherUpdate
+from visd_exp.distributed.memory import rank_memory
 from visd_exp.distributed.ranks import all_ranks, max_over_ranks, own_rank_state, rank_states
-from visd_exp.distributed.zero import accumulating_backward, clip_grad_norm
+from visd_exp.distributed.zero import accumulating_backward, clip_grad_norm, deepspeed_engine
 from visd_exp.judge import build_judge
 from visd_exp.models import vision_token_ids
 from visd_exp.models.partitioned import copy_partitions, empty_like
@@ -54,16 +55,16 @@ CREDIT_KEYS = (
 
 
 def memory_metrics(module) -> dict[str, float]:
-    """memory/model_fp32_bytes (the whole student in fp32, however sharded) and memory/teacher_state_bytes
-    (this rank's fp32 teacher state: 1 / N of the model's under ZeRO-3), logged at start."""
-    numel = sum(getattr(p, "ds_numel", p.numel()) for p in module.model.parameters())
-    teacher = getattr(module, "teacher", None)
-    teacher = teacher.state_bytes() if teacher is not None else 0
-    return {
-        "memory/model_fp32_bytes": 4.0 * numel,
-        "memory/teacher_state_bytes": float(teacher),
-        "memory/teacher_state_bytes_max_rank": max_over_ranks(teacher),  # collective
-    }
+    """memory/*: this rank's bytes by item from the real tensors (distributed/memory.py: student and teacher
+    weights, the teacher's fp32 state, optimizer state, gradients), the largest teacher state over the ranks,
+    and this process's peak resident memory so far (`memory/host_peak_rss_bytes`). Collective."""
+    import resource
+
+    out = {k: float(v) for k, v in rank_memory(module, deepspeed_engine(module._trainer)).items()}
+    out["memory/teacher_state_bytes_max_rank"] = max_over_ranks(out["memory/teacher_state_bytes"])
+    out["memory/host_peak_rss_bytes"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    out["memory/host_peak_rss_bytes_max_rank"] = max_over_ranks(out["memory/host_peak_rss_bytes"])
+    return out
 
 
 class VISDModule(L.LightningModule):
@@ -356,6 +357,9 @@ class VISDModule(L.LightningModule):
             if self.stepped:  # the engine follows the trainer: new weights pushed now (timing/weight_sync)
                 self.weights_version += 1
                 watch.seconds["weight_sync"] += engine.sync(self.model, self.weights_version)
+            if self.stepped and self.global_step == 1:  # the optimizer's state exists from its first step on
+                for logger in self.trainer.loggers:  # as float64: exact byte counts (planner checks)
+                    logger.log_metrics(memory_metrics(self), step=self.global_step)
 
         with torch.no_grad():
             ratio = torch.exp(out.logprobs - rollouts.old_logprobs)  # rho_t (Eq. 17) of this update

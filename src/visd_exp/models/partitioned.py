@@ -188,11 +188,21 @@ def empty_like(model: nn.Module) -> nn.Module:
 
 
 def wants_partitioned_init(cfg) -> bool:
-    """Whether the run's strategy is DeepSpeed ZeRO-3 (`trainer.strategy` a DeepSpeed node with stage 3)."""
-    strategy = cfg.get("trainer", {}).get("strategy")
-    if not hasattr(strategy, "get"):
-        return False
-    return "DeepSpeed" in str(strategy.get("_target_", "")) and int(strategy.get("stage", 2)) == 3
+    """Whether to build the model under zero.Init: `model.partitioned_init` auto (the default) when the run's
+    strategy is DeepSpeed ZeRO-3 (`trainer.strategy` a DeepSpeed node with stage 3); false builds the model
+    whole on every rank first, as before (kept for comparison: bench/zero3_start_memory.py)."""
+    setting = str((cfg.get("model") or {}).get("partitioned_init", "auto")).lower()
+    if setting not in ("auto", "true", "false"):
+        raise ValueError(f"model.partitioned_init={setting!r}: auto, true or false")
+    strategy = (cfg.get("trainer") or {}).get("strategy")
+    zero3 = (
+        hasattr(strategy, "get")
+        and "DeepSpeed" in str(strategy.get("_target_", ""))
+        and int(strategy.get("stage", 2)) == 3
+    )
+    if setting == "true" and not zero3:
+        raise ValueError("model.partitioned_init=true needs DeepSpeed ZeRO-3 (trainer.strategy.stage=3)")
+    return zero3 and setting != "false"
 
 
 def load_processor_only(model_cfg, data_cfg=None):
