@@ -188,7 +188,7 @@ class BoundedCheckpoint(ModelCheckpoint):
         entries = [e for e in self.step_checkpoints if e[1] != new[1]] + [new]
         if self.keep_last is None:
             return entries, []
-        newest = entries[len(entries) - self.keep_last :]
+        newest = entries[max(0, len(entries) - self.keep_last) :]  # fewer than keep_last: all of them
         kept, doomed = [], []
         for entry in entries:
             keep = entry in newest or entry[0] in self.keep_steps
