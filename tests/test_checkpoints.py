@@ -20,6 +20,7 @@ import torch
 from test_train_e2e import compose_train, fast, shared_paths
 from visd_exp.callbacks import BoundedCheckpoint, CheckpointSpaceError
 from visd_exp.callbacks import checkpoint as checkpoint_module
+from visd_exp.utils import fs
 from visd_exp.utils.fs import link_or_copy, replace_path
 
 
@@ -170,8 +171,18 @@ def test_resume_after_the_failed_write_keeps_the_named_step(write_fails_run, cac
 
 
 # -- the pieces --------------------------------------------------------------------------------------
-def test_a_directory_is_replaced_whole(tmp_path):
-    """DeepSpeed checkpoints are directories: the new one replaces the old one, nothing of either mixed."""
+@pytest.mark.parametrize("swap", [True, False], ids=["renameat2", "rename-aside"])
+def test_a_directory_is_replaced_whole(tmp_path, monkeypatch, swap):
+    """DeepSpeed checkpoints are directories: the new one replaces the old one, nothing of either mixed,
+    by a one-step swap where the kernel has one, else by renaming the old one aside first."""
+    if swap:
+        probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+        probe_a.mkdir(), probe_b.mkdir()
+        if not fs._exchange(probe_a, probe_b):
+            pytest.skip("no renameat2 on this system")
+        probe_a.rmdir(), probe_b.rmdir()
+    else:
+        monkeypatch.setattr(fs, "_exchange", lambda a, b: False)
     final, tmp = tmp_path / "last.ckpt", tmp_path / ".tmp-last.ckpt"
     (final / "checkpoint").mkdir(parents=True)
     (final / "checkpoint" / "old_shard.pt").write_text("old")
@@ -205,3 +216,42 @@ def test_last_is_hard_linked_and_copied_where_links_fail(tmp_path, monkeypatch):
 def test_bad_settings_name_the_field(tmp_path, kwargs, field):
     with pytest.raises(ValueError, match=f"callbacks.model_checkpoint.{field}"):
         BoundedCheckpoint(dirpath=tmp_path, **kwargs)
+
+
+def rotate(callback, trainer, steps: list[int]) -> list[tuple[list[int], list[int]]]:
+    """(kept steps, deleted steps) after each save of `steps`, as the callback decides them."""
+    out = []
+    for step in steps:
+        kept, doomed = callback._rotate(
+            trainer, (step, str(Path(callback.dirpath) / f"step_{step:06d}.ckpt"))
+        )
+        callback.step_checkpoints = kept
+        out.append(([s for s, _ in kept], [s for s, _ in doomed]))
+    return out
+
+
+def test_rotation_keeps_the_newest_and_the_named_steps(tmp_path):
+    """keep_last=3, keep_steps=[4], a save every 2 steps: fewer than 3 on disk keeps them all; then the
+    oldest goes at each save, except step 4."""
+    from types import SimpleNamespace
+
+    callback = BoundedCheckpoint(dirpath=tmp_path, keep_last=3, keep_steps=[4])
+    callback.dirpath = str(tmp_path)
+    assert rotate(callback, SimpleNamespace(ckpt_path=None), [2, 4, 6, 8, 10, 12]) == [
+        ([2], []),
+        ([2, 4], []),
+        ([2, 4, 6], []),
+        ([4, 6, 8], [2]),
+        ([4, 6, 8, 10], []),
+        ([4, 8, 10, 12], [6]),
+    ]
+
+
+def test_rotation_never_deletes_the_checkpoint_the_run_resumed_from(tmp_path):
+    from types import SimpleNamespace
+
+    callback = BoundedCheckpoint(dirpath=tmp_path, keep_last=1)
+    callback.dirpath = str(tmp_path)
+    callback.step_checkpoints = [(2, str(tmp_path / "step_000002.ckpt"))]
+    trainer = SimpleNamespace(ckpt_path=str(tmp_path / "step_000002.ckpt"))
+    assert rotate(callback, trainer, [3, 4]) == [([2, 3], []), ([2, 4], [3])]
