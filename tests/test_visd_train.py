@@ -125,7 +125,8 @@ def test_judge_calls_overlap_the_students_forward(cache_dir, tmp_path, monkeypat
 
     def replay(self, student, *args):
         if not hooked:
-            hooked.append(student.register_forward_pre_hook(lambda *a: forward_started.set()))
+            # the update's forward runs the language model without its output layer (completion_states)
+            hooked.append(student.model.register_forward_pre_hook(lambda *a: forward_started.set()))
         return real_replay(self, student, *args)
 
     monkeypatch.setattr(visd.VISDCredit, "ask_judge", ask)

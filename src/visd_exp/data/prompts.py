@@ -101,10 +101,50 @@ def render_prompt(
     (an image record's, `image_path`, shows its one image: build_messages)."""
     from visd_exp.data.media import is_image_record
 
-    messages = build_messages(
-        record["question"], record["task"], frame_times, duration, privileged, image=is_image_record(record)
-    )
+    if record.get("prompt") is not None:
+        messages = benchmark_messages(record["prompt"], frame_times, privileged)
+    else:
+        messages = build_messages(
+            record["question"],
+            record["task"],
+            frame_times,
+            duration,
+            privileged,
+            image=is_image_record(record),
+        )
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def benchmark_messages(
+    prompt: Mapping, frame_times: Sequence[float], privileged: str | None = None
+) -> list[dict]:
+    """Chat messages of a record that carries its benchmark's own prompt (`record["prompt"]`, set by the
+    benchmark readers in data/formats/): `system` (a string, or null for no system message), `text` (the
+    whole user text after the frames, sent verbatim: no task instruction is appended), `timestamps`
+    (true: each frame is labelled "Frame i at t s:" as in training; false: the frames are bare images, as
+    the official pipelines pass a video) and optionally `images` (how many still images, e.g. VideoMMMU's
+    Adaptation image, follow the video frames: they are the last entries of the plan)."""
+    unknown = set(prompt) - {"system", "text", "timestamps", "images"}
+    if unknown or "text" not in prompt:
+        raise ValueError(
+            f"record prompt: needs 'text', takes system/text/timestamps/images; got {sorted(prompt)}"
+        )
+    stills = int(prompt.get("images") or 0)
+    video_times = list(frame_times)[: len(frame_times) - stills] if stills else list(frame_times)
+    content: list[dict] = []
+    for i, t in enumerate(video_times):
+        if prompt.get("timestamps", False):
+            content.append({"type": "text", "text": f"Frame {i + 1} at {format_seconds(t)}s:"})
+        content.append({"type": "image"})
+    for _ in range(stills):
+        content.append({"type": "image"})
+    content.append({"type": "text", "text": ("\n" if content else "") + prompt["text"]})
+    if privileged:
+        content.append({"type": "text", "text": "\n" + privileged.strip()})
+    messages = [{"role": "user", "content": content}]
+    if prompt.get("system") is not None:
+        messages.insert(0, {"role": "system", "content": prompt["system"]})
+    return messages
 
 
 def sample_text_for_corpus(sample: Mapping) -> str:
