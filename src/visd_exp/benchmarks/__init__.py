@@ -10,6 +10,7 @@ vstar.export_results) is written into ``out_dir`` when the published file is kno
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: source -> "module:function" of a benchmark scored from its records' own `benchmark` fields
+#: (score(rows) -> {"table": {paper column: value}, "categories", "counts", "unparsable_rule"}; see
+#: docs/BENCHMARKS.md). One line per benchmark; imported only when its rows are present.
+SCORERS: dict[str, str] = {}
 BENCHMARK_SOURCES = ("vstar", *GROUNDING_SOURCES)
 #: the sample fields the benchmarks read, copied into a benchmark row's prediction record
 BENCHMARK_FIELDS = (
@@ -44,13 +49,14 @@ BENCHMARK_FIELDS = (
     "key_frames",
     "key_items",
     "vstar",
+    "benchmark",  # the scoring fields of a SCORERS benchmark (answer, options, categories, group ids)
 )
 RESULTS_FILE = "vstar_results.json"
 
 
 def benchmark_fields(sample: Mapping) -> dict:
     """The fields of a benchmark sample that its row needs ({} for a sample of no benchmark)."""
-    if sample.get("source") not in BENCHMARK_SOURCES:
+    if sample.get("source") not in BENCHMARK_SOURCES and sample.get("source") not in SCORERS:
         return {}
     return {k: sample[k] for k in BENCHMARK_FIELDS if k in sample}
 
@@ -85,4 +91,9 @@ def run_benchmarks(
     for source in GROUNDING_SOURCES:
         if source in sources:
             reports[source] = grounding_report(rows, source)
+    for source, target in SCORERS.items():
+        if source in sources:
+            module, function = target.split(":")
+            score = getattr(importlib.import_module(module), function)
+            reports[source] = score([row for row in rows if row.get("source") == source])
     return reports
