@@ -14,7 +14,8 @@ random-weight Qwen2.5-VL of the real class (the tiny builder with hidden 512, 8 
 - `zero3`:   the same with the student and the teacher built under deepspeed.zero.Init and read file by
              file (models/partitioned.py); the teacher's fp32 state is per rank (teacher/sharded.py).
 
-What is read is what every run logs at its start (module.memory_metrics): `memory/host_peak_rss_bytes`
+Every child runs with MALLOC_MMAP_THRESHOLD_=65536 (bench/memory.py's reason). What is read is what every
+run logs at its start (module.memory_metrics): `memory/host_peak_rss_bytes`
 (ru_maxrss of the process, so Python, torch, DeepSpeed and the data set-up included; for ZeRO-3 the
 larger of the 2 ranks) and the exact tensor bytes of `distributed/memory.py` (this rank's student and
 teacher weights and the teacher's fp32 state; the optimizer's state after the first step).
@@ -98,6 +99,10 @@ def run(name: str, overrides: list[str], work: Path, size: dict) -> dict:
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     env["DS_ACCELERATOR"] = "cpu"
+    # as bench/memory.py: glibc serves allocations above 64 KiB with mmap and unmaps them on free, so the RSS
+    # follows live tensors (by default the threshold rises after the first large free and freed blocks stay
+    # resident: zero.Init's create-whole-then-partition of every parameter would then count in the peak)
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     start = time.perf_counter()
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:

@@ -3,7 +3,7 @@
     the algorithm's rollouts and rewards (algorithms/: grpo, tgrpo, ffr) -> group advantages A (Eq. 14)
     -> VISD (algorithms/visd.py, whenever a teacher is configured): judge feedback f per rollout (a remote
        judge is asked in a background thread, so that its calls overlap the next two lines' forwards)
-    -> [old log-probs recomputed when the forward is not fp32]
+    -> [old log-probs: the update's own forward (current), or a recompute when rollout_correction needs one]
     -> per micro-batch (step_forward.py): the teacher replays the SAME tokens with r = (a*, e, f)
        -> Delta_t (top-K support or sampled token, Eq. 4) -> m_t (Eq. 5-6) -> A^_t (Eq. 7)
        -> the student's forward -> clipped surrogate (Eq. 9 / 16) x n / N -> backward

@@ -98,7 +98,9 @@ def selective_log_softmax(
     """log softmax(logits / temperature)[index] without a full [B, T, V] fp32 log-softmax.
 
     logits: [B, T, V] (any float dtype), index: [B, T] -> float32 [B, T]. Works row by row so the
-    float32 upcast is one [T, V] slice at a time; gradients flow through.
+    float32 upcast is one [T, V] slice at a time; gradients flow through (autograd keeps those float32
+    rows for backward). The reference for the training path, which never makes the [B, T, V] logits:
+    objectives/chunked_logprobs.py takes the same log-probs from the hidden states chunk by chunk.
     """
     out = []
     for row_logits, row_index in zip(logits, index):
