@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 #: source -> "module:function" of a benchmark scored from its records' own `benchmark` fields
 #: (score(rows) -> {"table": {paper column: value}, "categories", "counts", "unparsable_rule"}; see
 #: docs/BENCHMARKS.md). One line per benchmark; imported only when its rows are present.
-SCORERS: dict[str, str] = {}
+SCORERS: dict[str, str] = {
+    "worldsense": "visd_exp.benchmarks.worldsense:score",
+}
 BENCHMARK_SOURCES = ("vstar", *GROUNDING_SOURCES)
 #: the sample fields the benchmarks read, copied into a benchmark row's prediction record
 BENCHMARK_FIELDS = (

@@ -25,6 +25,7 @@ from visd_exp.data.formats.base import FieldError, ReadContext, Skip, source_roo
 log = logging.getLogger(__name__)
 
 FORMATS = ("project", "stgr", "video_r1", "vstar", "charades_sta", "charades_sta_json", "tvgbench")
+FORMATS += ("worldsense",)
 
 
 @dataclass
@@ -154,6 +155,8 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
             f"{path}:1: not JSON, JSONL or Charades-STA text (`<vid> <start> <end>##<sentence>`)"
         )
     first = _first_value(stripped)
+    if head == "{" and _worldsense_like(first):
+        return "worldsense"
     if head == "{" and isinstance(first, dict) and not _is_jsonl(stripped):
         members = list(first.values())
         if members and all(isinstance(v, dict) and "timestamps" in v and "sentences" in v for v in members):
@@ -173,6 +176,12 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
     # Otherwise the project's own schema: its validation then names each missing or wrong field
     # (a first record lacking `question` is a problem on line 1, not an undetectable file).
     return "project"
+
+
+def _worldsense_like(first: Any) -> bool:
+    from visd_exp.data.formats.worldsense import looks_like
+
+    return looks_like(first)
 
 
 def _is_jsonl(text: str) -> bool:
@@ -199,6 +208,8 @@ def _converter(fmt: str) -> Callable[[Any, ReadContext], list[dict]]:
         from visd_exp.data.formats.grounding import convert_charades_json as convert
     elif fmt == "tvgbench":
         from visd_exp.data.formats.grounding import convert_tvgbench as convert
+    elif fmt == "worldsense":
+        from visd_exp.data.formats.worldsense import convert
     else:
         raise ValueError(f"unknown data format {fmt!r} (one of {', '.join(FORMATS)})")
     return convert
@@ -210,6 +221,8 @@ def _raw_elements(fmt: str, text: str) -> Iterator[tuple[int, Any]]:
     if fmt == "charades_sta":
         return _iter_lines(text, as_json=False)
     if fmt == "charades_sta_json":
+        return _iter_json_object(text)
+    if fmt == "worldsense":  # one object keyed by video id, as Time-R1's Charades-STA JSON
         return _iter_json_object(text)
     if head == "[":
         return _iter_json_array(text)
