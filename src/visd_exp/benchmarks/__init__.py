@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 #: docs/BENCHMARKS.md). One line per benchmark; imported only when its rows are present.
 SCORERS: dict[str, str] = {
     "worldsense": "visd_exp.benchmarks.worldsense:score",
+    "videommmu": "visd_exp.benchmarks.videommmu:score",
 }
 BENCHMARK_SOURCES = ("vstar", *GROUNDING_SOURCES)
 #: the sample fields the benchmarks read, copied into a benchmark row's prediction record

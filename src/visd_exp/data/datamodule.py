@@ -24,7 +24,15 @@ from visd_exp.data.frames import (
     plan_frames,
     probe_video,
 )
-from visd_exp.data.media import decode_image, is_image_record, media_path, plan_image, probe_image
+from visd_exp.data.media import (
+    decode_image,
+    decode_video_with_stills,
+    is_image_record,
+    media_path,
+    plan_image,
+    probe_image,
+    with_stills,
+)
 from visd_exp.data.probing import ProbeResult
 from visd_exp.data.prompts import render_prompt
 from visd_exp.data.records import load_records
@@ -56,7 +64,7 @@ def decode_media(record: dict, plan: FramePlan) -> torch.Tensor:
     """The planned frames of a record's video, or its one image (image records: data/media.py)."""
     if is_image_record(record):
         return decode_image(record["image_path"], plan)
-    return decode_frames(record["video_path"], plan)
+    return decode_video_with_stills(record, plan, decode_frames)  # still images after it (media.py)
 
 
 def prompt_text(processor, record: dict, plan: FramePlan) -> str:
@@ -244,6 +252,7 @@ class VideoQADataModule(L.LightningDataModule):
                 plan = plan_image(self.video_info(record["image_path"], image=True), self.cfg)
             else:
                 plan = plan_frames(self.video_info(record["video_path"]), self.cfg, key_times(record))
+                plan = with_stills(plan, record)  # VideoMMMU's Adaptation image after the frames (media.py)
             if (
                 prompt_length(self.processor, prompt_text(self.processor, record, plan), plan)
                 > self.cfg.max_prompt_length

@@ -104,3 +104,74 @@ def decode_image(path: str | Path, plan: FramePlan) -> torch.Tensor:
         )
         frame = resized.round().clamp(0, 255).to(torch.uint8)
     return frame
+
+
+# ----------------------------------------------------------------------------- still images after a video
+# A video record may carry `images`: still images shown after its frames (VideoMMMU's Adaptation image;
+# data/formats/videommmu.py), each a path or a `data:image/...;base64,` URI. The plan gets one entry per
+# still after the video's frames, at the video's duration (prompts.benchmark_messages shows the last
+# prompt["images"] entries as bare images); each still is resized, keeping its aspect ratio, to fit the
+# video frames' size and padded with black to it, so the sample's frames stay one [N, 3, H, W] tensor
+# with the same vision tokens per frame.
+
+
+def record_stills(record: Mapping) -> list[str]:
+    """The still images a video record shows after its frames ([] for none)."""
+    stills = record.get("images") or []
+    if not isinstance(stills, list) or not all(_text(s) for s in stills):
+        raise ValueError(f"{record.get('id')}: images: expected a list of paths or data: URIs, got {stills!r}")
+    return list(stills)
+
+
+def with_stills(plan: FramePlan, record: Mapping) -> FramePlan:
+    """The video's plan with one entry per still image appended."""
+    stills = record_stills(record)
+    if not stills:
+        return plan
+    return FramePlan(plan.times + (plan.duration,) * len(stills), plan.height, plan.width, plan.duration)
+
+
+def _open_still(still: str):
+    if still.startswith("data:"):
+        import base64
+        import io
+
+        from PIL import Image
+
+        try:
+            data = base64.b64decode(still.split(",", 1)[1], validate=True)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return image.convert("RGB")
+        except Exception as exc:
+            raise VideoDecodeError(f"a data: image cannot be read ({type(exc).__name__}: {exc})") from exc
+    try:
+        return _open_rgb(Path(still))
+    except Exception as exc:
+        raise VideoDecodeError(f"{still}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def decode_still(still: str, height: int, width: int) -> torch.Tensor:
+    """One still image fitted into height x width (aspect kept, black padding): uint8 [1, 3, H, W]."""
+    image = _open_still(still)
+    frame = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
+    h, w = frame.shape[-2:]
+    scale = min(height / h, width / w)
+    nh, nw = max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
+    if (nh, nw) != (h, w):
+        frame = F.interpolate(frame.float(), size=(nh, nw), mode="bilinear", antialias=True)
+        frame = frame.round().clamp(0, 255).to(torch.uint8)
+    out = torch.zeros(1, 3, height, width, dtype=torch.uint8)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    out[:, :, top : top + nh, left : left + nw] = frame
+    return out
+
+
+def decode_video_with_stills(record: Mapping, plan: FramePlan, decode_video) -> torch.Tensor:
+    """The planned video frames (`decode_video(path, plan)`), then the record's still images."""
+    stills = record_stills(record)
+    if not stills:
+        return decode_video(record["video_path"], plan)
+    video_plan = FramePlan(plan.times[: len(plan.times) - len(stills)], plan.height, plan.width, plan.duration)
+    frames = decode_video(record["video_path"], video_plan)
+    return torch.cat([frames, *(decode_still(s, plan.height, plan.width) for s in stills)])

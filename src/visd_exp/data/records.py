@@ -30,7 +30,7 @@ def load_records(
     """Records of a data file; `video_path` / `image_path` resolved (video_root, else the file's directory);
     `_where` = file:line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():  # a folder: VideoMMMU's parquet tracks (formats/parquet.py)
         raise FileNotFoundError(f"{path}: data file not found")
     loaded = read_file(path, fmt, video_root, source_roots, cached_probe({}))
     records = []

@@ -177,7 +177,7 @@ def validate_file(
     """Read one data file in any published format (formats.read_file) and validate its records;
     FileNotFoundError when it is missing. Pass `cache` to share probes."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():  # a folder: VideoMMMU's parquet tracks (formats/parquet.py)
         raise FileNotFoundError(f"{path}: data file not found")
     cache = {} if cache is None else cache
     loaded = read_file(path, fmt, video_root, source_roots, cached_probe(cache) if probe_videos else None)

@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from visd_exp.data.formats.base import FieldError, ReadContext, Skip, source_roots_mapping
+from visd_exp.data.formats.parquet import detect as detect_parquet
+from visd_exp.data.formats.parquet import files as parquet_files
+from visd_exp.data.formats.parquet import iter_rows as iter_parquet
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("project", "stgr", "video_r1", "vstar", "charades_sta", "charades_sta_json", "tvgbench")
 FORMATS += ("worldsense",)
+FORMATS += ("videommmu",)
 
 
 @dataclass
@@ -142,6 +146,8 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
     format is read as the project's schema (validation names what is missing); text that is neither JSON
     nor Charades-STA is a ValueError."""
     path = Path(path)
+    if parquet_files(path):  # parquet: by its columns (formats/parquet.py)
+        return detect_parquet(path)
     text = path.read_text(encoding="utf-8", errors="replace") if text is None else text
     stripped = text.lstrip()
     if not stripped:
@@ -210,6 +216,8 @@ def _converter(fmt: str) -> Callable[[Any, ReadContext], list[dict]]:
         from visd_exp.data.formats.grounding import convert_tvgbench as convert
     elif fmt == "worldsense":
         from visd_exp.data.formats.worldsense import convert
+    elif fmt == "videommmu":
+        from visd_exp.data.formats.videommmu import convert
     else:
         raise ValueError(f"unknown data format {fmt!r} (one of {', '.join(FORMATS)})")
     return convert
@@ -247,11 +255,12 @@ def read_file(
 ) -> Loaded:
     """Every record of a data file in the project schema, with the line where each starts."""
     path = Path(path)
-    if not path.is_file():
+    parquet = parquet_files(path) != []  # a .parquet file, or a folder of them (VideoMMMU's tracks)
+    if not path.is_file() and not parquet:
         raise FileNotFoundError(f"{path}: data file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    fmt = fmt or detect_format(path, text)
-    root = Path(video_root) if video_root else path.parent
+    text = "" if parquet else path.read_text(encoding="utf-8", errors="replace")
+    fmt = fmt or (detect_parquet(path) if parquet else detect_format(path, text))
+    root = Path(video_root) if video_root else (path if path.is_dir() else path.parent)
     if video_root and not root.is_dir():
         raise FileNotFoundError(f"data.video_root={root}: no such directory")
     ctx = ReadContext(
@@ -259,7 +268,7 @@ def read_file(
     )
     loaded = Loaded(str(path), fmt, [])
     convert = None if fmt == "project" else _converter(fmt)
-    for lineno, raw in _raw_elements(fmt, text):
+    for lineno, raw in iter_parquet(path) if parquet else _raw_elements(fmt, text):
         if isinstance(raw, json.JSONDecodeError):
             loaded.entries.append((lineno, raw))
             continue
