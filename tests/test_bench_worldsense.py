@@ -223,3 +223,29 @@ def test_score_by_hand(root):
         {"Understanding": 50.0, "Reasoning": 0.0}
     )
     assert "wrong" in report["unparsable_rule"]
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end(root, tmp_path, cache_dir):
+    """`python -m visd_exp.evaluate data_file=worldsense_qa.json data.video_root=...` on the tiny model:
+    the file read unchanged, the report's table with the paper's columns. (`benchmark=worldsense` adds
+    conf/benchmark/worldsense.yaml's settings once evaluate has the benchmark group.)"""
+    from test_train_e2e import run_module
+
+    path = root / "worldsense_qa.json"
+    path.write_text(_pretty(QA), encoding="utf-8")
+    args = [
+        f"data_file={path}",
+        f"data.video_root={root}",
+        "model.warm_start=null",
+        "max_completion_length=4",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={tmp_path}",
+    ]
+    run_module("evaluate", *args, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    report = json.loads((tmp_path / "report.json").read_text())
+    worldsense = report["benchmarks"]["worldsense"]
+    assert list(worldsense["table"]) == ["Overall", "Recognition", "Understanding", "Reasoning"]
+    assert worldsense["counts"]["total"] == 7
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert {row["id"] for row in rows} == set(REPLIES) and all("benchmark" in row for row in rows)
