@@ -119,7 +119,9 @@ def record_stills(record: Mapping) -> list[str]:
     """The still images a video record shows after its frames ([] for none)."""
     stills = record.get("images") or []
     if not isinstance(stills, list) or not all(_text(s) for s in stills):
-        raise ValueError(f"{record.get('id')}: images: expected a list of paths or data: URIs, got {stills!r}")
+        raise ValueError(
+            f"{record.get('id')}: images: expected a list of paths or data: URIs, got {stills!r}"
+        )
     return list(stills)
 
 
@@ -172,6 +174,8 @@ def decode_video_with_stills(record: Mapping, plan: FramePlan, decode_video) -> 
     stills = record_stills(record)
     if not stills:
         return decode_video(record["video_path"], plan)
-    video_plan = FramePlan(plan.times[: len(plan.times) - len(stills)], plan.height, plan.width, plan.duration)
+    video_plan = FramePlan(
+        plan.times[: len(plan.times) - len(stills)], plan.height, plan.width, plan.duration
+    )
     frames = decode_video(record["video_path"], video_plan)
     return torch.cat([frames, *(decode_still(s, plan.height, plan.width) for s in stills)])
