@@ -288,7 +288,8 @@ class VideoQADataModule(L.LightningDataModule):
         return info
 
     def reading(self) -> dict:
-        """How data files are read: data.format (null = detected), data.video_root, data.source_roots."""
+        """How data files are read: data.format (null = detected), data.video_root, data.source_roots, and
+        the readers' options (data.vstar_prompts: official | open_o3 | project, formats/vstar.py)."""
         from omegaconf import DictConfig, OmegaConf
 
         roots = self.cfg.get("source_roots")  # null, a mapping, or a layout name (formats.base)
@@ -298,6 +299,7 @@ class VideoQADataModule(L.LightningDataModule):
             "fmt": self.cfg.get("format"),
             "video_root": self.cfg.get("video_root"),
             "source_roots": roots,
+            "options": {"vstar_prompts": self.cfg.get("vstar_prompts") or "project"},
         }
 
     def read_records(self, split: str, path: str) -> list[dict]:

@@ -26,13 +26,14 @@ def load_records(
     fmt: str | None = None,
     video_root: str | Path | None = None,
     source_roots: Mapping[str, str] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> list[dict]:
     """Records of a data file; `video_path` / `image_path` resolved (video_root, else the file's directory);
     `_where` = file:line."""
     path = Path(path)
     if not path.is_file() and not path.is_dir():  # a folder: VideoMMMU's parquet tracks (formats/parquet.py)
         raise FileNotFoundError(f"{path}: data file not found")
-    loaded = read_file(path, fmt, video_root, source_roots, cached_probe({}))
+    loaded = read_file(path, fmt, video_root, source_roots, cached_probe({}), options)
     records = []
     for lineno, record in loaded.entries:
         where = f"{path}:{lineno}"

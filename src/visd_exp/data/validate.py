@@ -173,6 +173,7 @@ def validate_file(
     fmt: str | None = None,
     video_root: str | Path | None = None,
     source_roots: Mapping[str, str] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> ValidationReport:
     """Read one data file in any published format (formats.read_file) and validate its records;
     FileNotFoundError when it is missing. Pass `cache` to share probes."""
@@ -180,7 +181,8 @@ def validate_file(
     if not path.is_file() and not path.is_dir():  # a folder: VideoMMMU's parquet tracks (formats/parquet.py)
         raise FileNotFoundError(f"{path}: data file not found")
     cache = {} if cache is None else cache
-    loaded = read_file(path, fmt, video_root, source_roots, cached_probe(cache) if probe_videos else None)
+    probe = cached_probe(cache) if probe_videos else None
+    loaded = read_file(path, fmt, video_root, source_roots, probe, options)
     report = validate_records(loaded.entries, str(path), path.parent, probe_videos, max_problems, cache)
     report.format, report.unused, report.read = loaded.format, loaded.skipped, loaded.read
     return report

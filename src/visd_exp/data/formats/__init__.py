@@ -252,8 +252,10 @@ def read_file(
     video_root: str | Path | None = None,
     source_roots: Mapping[str, str] | str | None = None,
     probe: Callable[[str], object] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> Loaded:
-    """Every record of a data file in the project schema, with the line where each starts."""
+    """Every record of a data file in the project schema, with the line where each starts. `options`:
+    the readers' data options, e.g. {"vstar_prompts": "official"} (formats/vstar.py)."""
     path = Path(path)
     parquet = parquet_files(path) != []  # a .parquet file, or a folder of them (VideoMMMU's tracks)
     if not path.is_file() and not parquet:
@@ -264,7 +266,11 @@ def read_file(
     if video_root and not root.is_dir():
         raise FileNotFoundError(f"data.video_root={root}: no such directory")
     ctx = ReadContext(
-        path=path, video_root=root, source_roots=source_roots_mapping(source_roots), probe=probe
+        path=path,
+        video_root=root,
+        source_roots=source_roots_mapping(source_roots),
+        probe=probe,
+        options=dict(options or {}),
     )
     loaded = Loaded(str(path), fmt, [])
     convert = None if fmt == "project" else _converter(fmt)

@@ -51,6 +51,7 @@ class ReadContext:
     source_roots: Mapping[str, str] | None = None
     probe: Callable[[str], object] | None = None  # path -> validate.ProbeResult (cached)
     counters: Counter = field(default_factory=Counter)  # readers' running counts (ids by position)
+    options: Mapping[str, object] = field(default_factory=dict)  # readers' data options (data.vstar_prompts)
     _by_stem: dict[str, str] | None = field(default=None, repr=False)
 
     def resolve(self, relative: str) -> str:
@@ -77,7 +78,8 @@ class ReadContext:
 
     def find_video(self, vid: str) -> str:
         """`<vid>.<ext>` anywhere under video_root, as V-STaR's and Charades-STA's scripts search; the
-        tree is indexed once. FieldError("vid") naming the root when it is not there."""
+        tree is indexed once. FieldError("vid") naming the root when it is not there (unless the option
+        videos=unchecked: rescoring reads records whose videos it never opens)."""
         if self._by_stem is None:
             self._by_stem = {}
             duplicates = 0
@@ -94,6 +96,8 @@ class ReadContext:
                     duplicates,
                 )
         found = self._by_stem.get(vid)
+        if found is None and self.options.get("videos") == "unchecked":  # rescoring: videos not needed
+            return str((self.video_root / f"{vid}.mp4").absolute())
         if found is None:
             raise FieldError(
                 "vid", f"no video {vid}.mp4 under {self.video_root} (data.video_root / --video-root)"
