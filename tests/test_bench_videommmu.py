@@ -258,10 +258,9 @@ def test_adaptation_image_follows_the_frames(data):
 
 @pytest.mark.slow
 def test_evaluate_end_to_end(data, tmp_path, cache_dir):
-    """`python -m visd_exp.evaluate data_file=<the dataset folder> data.video_root=...` on the tiny model:
-    three parquets read unchanged, the Adaptation images through the processor and the model, the
-    report's table with the paper's columns. (`benchmark=videommmu` adds conf/benchmark/videommmu.yaml's
-    settings once evaluate has the benchmark group.)"""
+    """`python -m visd_exp.evaluate benchmark=videommmu data_file=<the dataset folder> data.video_root=...`
+    on the tiny model: three parquets read unchanged, the Adaptation images through the processor and the
+    model, report.json's `table` with the paper's columns."""
     import json
     import os
 
@@ -269,8 +268,11 @@ def test_evaluate_end_to_end(data, tmp_path, cache_dir):
 
     folder, videos = data
     args = [
+        "benchmark=videommmu",
         f"data_file={folder}",
         f"data.video_root={videos}",
+        "data.min_frames=4",  # the benchmark's 32 frames, cut for the tiny CPU run
+        "data.max_frames=4",
         "model.warm_start=null",
         "max_completion_length=4",
         f"paths.cache_dir={cache_dir}",
@@ -280,6 +282,7 @@ def test_evaluate_end_to_end(data, tmp_path, cache_dir):
     report = json.loads((tmp_path / "report.json").read_text())
     videommmu = report["benchmarks"]["videommmu"]
     assert list(videommmu["table"]) == ["Overall", "Comprehension", "Adaptation", "Perception"]
+    assert report["benchmark"] == "videommmu" and list(report["table"]) == list(videommmu["table"])
     assert videommmu["counts"]["total"] == 9
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert {row["id"] for row in rows} == set(REPLIES)

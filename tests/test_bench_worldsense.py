@@ -227,16 +227,19 @@ def test_score_by_hand(root):
 
 @pytest.mark.slow
 def test_evaluate_end_to_end(root, tmp_path, cache_dir):
-    """`python -m visd_exp.evaluate data_file=worldsense_qa.json data.video_root=...` on the tiny model:
-    the file read unchanged, the report's table with the paper's columns. (`benchmark=worldsense` adds
-    conf/benchmark/worldsense.yaml's settings once evaluate has the benchmark group.)"""
+    """`python -m visd_exp.evaluate benchmark=worldsense data_file=worldsense_qa.json data.video_root=...` on
+    the tiny model: the file read unchanged, report.json's `table` with the paper's columns, the benchmark's
+    settings (conf/benchmark/worldsense.yaml) applied where the command line does not override them."""
     from test_train_e2e import run_module
 
     path = root / "worldsense_qa.json"
     path.write_text(_pretty(QA), encoding="utf-8")
     args = [
+        "benchmark=worldsense",
         f"data_file={path}",
         f"data.video_root={root}",
+        "data.min_frames=4",  # the benchmark's 32 frames, cut for the tiny CPU run
+        "data.max_frames=4",
         "model.warm_start=null",
         "max_completion_length=4",
         f"paths.cache_dir={cache_dir}",
@@ -246,6 +249,10 @@ def test_evaluate_end_to_end(root, tmp_path, cache_dir):
     report = json.loads((tmp_path / "report.json").read_text())
     worldsense = report["benchmarks"]["worldsense"]
     assert list(worldsense["table"]) == ["Overall", "Recognition", "Understanding", "Reasoning"]
+    assert report["benchmark"] == "worldsense" and report["table"] == worldsense["table"]
+    settings = report["settings"]
+    assert (settings["format"], settings["max_frames"], settings["max_pixels"]) == ("worldsense", 4, 151200)
+    assert settings["max_completion_length"] == 4 and settings["subtitles"] is False
     assert worldsense["counts"]["total"] == 7
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert {row["id"] for row in rows} == set(REPLIES) and all("benchmark" in row for row in rows)

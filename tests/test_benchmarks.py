@@ -481,7 +481,12 @@ def test_charades_and_tvgbench_by_hand():
     assert grounding_report(rows, "charades_sta") == pytest.approx(expected)
     reports = run_benchmarks(rows)
     assert set(reports) == {"charades_sta", "tvgbench"}
-    assert reports["tvgbench"] == pytest.approx(expected)
+    assert {k: v for k, v in reports["tvgbench"].items() if k != "table"} == pytest.approx(expected)
+    # report["table"]: the paper's columns in its order, in percent (Table 4 for Charades-STA)
+    assert list(reports["charades_sta"]["table"]) == ["R@0.3", "R@0.5", "R@0.7", "mIoU"]
+    assert reports["tvgbench"]["table"] == pytest.approx(
+        {"mIoU": 50.0, "R@0.3": 500 / 6, "R@0.5": 400 / 6, "R@0.7": 100 / 6}
+    )
     assert run_benchmarks([{"source": "synthetic", "tiou": 1.0}]) == {}
 
 

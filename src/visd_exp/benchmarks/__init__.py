@@ -18,7 +18,7 @@ from pathlib import Path
 from visd_exp.benchmarks.answer_judge import AnswerJudgeError, build_answer_judge
 from visd_exp.benchmarks.grounding import SOURCES as GROUNDING_SOURCES
 from visd_exp.benchmarks.grounding import grounding_report
-from visd_exp.benchmarks.tables import benchmark_tables
+from visd_exp.benchmarks.tables import benchmark_tables, paper_table
 from visd_exp.benchmarks.vstar import export_results, score_vstar
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "benchmark_fields",
     "benchmark_tables",
     "build_answer_judge",
+    "paper_table",
     "run_benchmarks",
 ]
 
@@ -99,4 +100,6 @@ def run_benchmarks(
             module, function = target.split(":")
             score = getattr(importlib.import_module(module), function)
             reports[source] = score([row for row in rows if row.get("source") == source])
+    for name, report in reports.items():  # every report's `table`: the paper's columns, in percent
+        report.setdefault("table", paper_table(name, report))
     return reports
