@@ -71,9 +71,12 @@ def test_benchmark_needs_the_published_file_and_its_records():
 @pytest.fixture(scope="module")
 def worldsense(tmp_path_factory):
     """The invented worldsense_qa.json and its reply per record (id -> (reply, letter read, correct))."""
-    from test_bench_worldsense import QA, REPLIES, _pretty
+    from test_bench_worldsense import QA, REPLIES, _pretty, _write_video
 
     root = tmp_path_factory.mktemp("ws-rescore")
+    _write_video(root / "videos" / "SynWsA01.mp4")
+    for vid in ("SynWsB02", "SynWsC03"):
+        (root / "videos" / f"{vid}.mp4").write_bytes((root / "videos" / "SynWsA01.mp4").read_bytes())
     path = root / "worldsense_qa.json"
     path.write_text(_pretty(QA), encoding="utf-8")
     return path, REPLIES
@@ -146,3 +149,103 @@ def test_rescore_refuses_what_does_not_match(worldsense, tmp_path):
         rescore("nosuch", data, some, out)
     with pytest.raises(ValueError, match="no videommmu record"):
         rescore("videommmu", data, some, out)
+
+
+def _report(name: str, table: dict, **settings) -> dict:
+    return {"benchmark": name, "table": table, "settings": settings}
+
+
+def test_paper_tables_layout_average_and_the_paper_row():
+    from visd_exp.benchmarks.paper import paper_tables
+
+    reports = {
+        "worldsense": _report(
+            "worldsense",
+            {"Overall": 40.0, "Recognition": 30.0, "Understanding": 50.0, "Reasoning": 45.0},
+            max_frames=32,
+        ),
+        "videommmu": _report(
+            "videommmu", {"Overall": 50.0, "Comprehension": 40.0, "Adaptation": 30.0, "Perception": 80.0}
+        ),
+        "longvideo_reason": _report("longvideo_reason", {"Acc": 70.0}),
+    }
+    tables = paper_tables(reports)
+    t2 = tables["tables"]["Table 2: general benchmarks"]
+    assert t2["columns"] == [
+        "WorldSense Overall", "WorldSense Recognition", "WorldSense Understanding", "WorldSense Reasoning",
+        "VideoMMMU Overall", "VideoMMMU Comprehension", "VideoMMMU Adaptation", "VideoMMMU Perception",
+        "LRR Acc", "TVGBench mIoU", "Average",
+    ]  # fmt: skip
+    # TVGBench missing: no Average; the paper's row is the paper's
+    assert t2["rows"]["this model"]["Average"] is None and t2["rows"]["this model"]["LRR Acc"] == 70.0
+    assert (
+        t2["rows"]["VISD (paper)"]["Average"] == 48.0 and t2["rows"]["VISD (paper)"]["TVGBench mIoU"] == 24.8
+    )
+    reports["tvgbench"] = _report("tvgbench", {"mIoU": 20.0, "R@0.3": 1.0, "R@0.5": 1.0, "R@0.7": 1.0})
+    tables = paper_tables(reports)
+    # Average = (40 + 50 + 70 + 20) / 4 = 45: the four dataset-level metrics only
+    assert tables["tables"]["Table 2: general benchmarks"]["rows"]["this model"]["Average"] == 45.0
+    md = tables["markdown"]
+    assert "| this model | 40.0 | 30.0 | 50.0 | 45.0 | 50.0 | 40.0 | 30.0 | 80.0 | 70.0 | 20.0 | 45.0 |" in md
+    assert "| VISD (paper) | 61.9 | 26.8 | 27.2 | 26.7 | 6.3 | 35.1 | 48.9 |" in md  # Table 1
+    assert "| VISD (paper) | 67.3 | 46.1 | 21.6 | 44.6 |" in md  # Table 4
+    assert "| this model | - | - | - | - | - | - | - |" in md  # V-STaR not evaluated
+    assert "- worldsense: max_frames=32" in md
+    assert set(tables["missing"]) == {"vstar", "videomme_v2", "charades_sta", "videomme"}
+
+
+@pytest.mark.slow
+def test_evaluate_all_runs_a_benchmark_and_takes_a_report(worldsense, tmp_path, cache_dir):
+    """`python -m visd_exp.evaluate_all`: WorldSense evaluated on the tiny model (benchmark=worldsense),
+    Charades-STA taken from a report.json already written; tables.md in the paper's layout."""
+    from test_train_e2e import run_module
+
+    data, _ = worldsense
+    charades = tmp_path / "charades_report.json"
+    charades.write_text(
+        json.dumps(_report("charades_sta", {"R@0.3": 60.0, "R@0.5": 40.0, "R@0.7": 20.0, "mIoU": 38.0}))
+    )
+    out = tmp_path / "all"
+    overrides = ["model.warm_start=null", "max_completion_length=4", "data.min_frames=4", "data.max_frames=4"]
+    overrides = "[" + ",".join(f"'{o}'" for o in overrides) + "]"  # quoted: each element holds "="
+    run_module(
+        "evaluate_all",
+        f"benchmarks.worldsense.data_file={data}",
+        f"benchmarks.worldsense.video_root={data.parent}",
+        f"reports.charades_sta={charades}",
+        f"overrides={overrides}",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={out}",
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    tables = json.loads((out / "tables.json").read_text())
+    ws = json.loads((out / "worldsense" / "report.json").read_text())
+    row = tables["tables"]["Table 2: general benchmarks"]["rows"]["this model"]
+    assert row["WorldSense Overall"] == pytest.approx(ws["table"]["Overall"])
+    assert tables["tables"]["Table 4: Charades-STA"]["rows"]["this model"]["mIoU"] == 38.0
+    assert tables["settings"]["worldsense"]["max_completion_length"] == 4
+    assert "## Table 2: general benchmarks" in (out / "tables.md").read_text()
+
+
+def test_evaluate_all_refuses_what_it_cannot_lay_out(tmp_path):
+    from omegaconf import OmegaConf
+
+    from visd_exp.evaluate_all import collect_reports
+
+    base = OmegaConf.load(Path(CONF) / "evaluate_all.yaml")
+    with pytest.raises(ValueError, match="nothing to lay out"):
+        collect_reports(base, tmp_path)
+    plain = tmp_path / "report.json"
+    plain.write_text(json.dumps({"table": {}}))  # a report of evaluate without benchmark=
+    cfg = OmegaConf.merge(base, {"reports": {"worldsense": str(plain)}})
+    with pytest.raises(
+        ValueError, match=r"reports.worldsense=.*: not a report of `evaluate benchmark=worldsense`"
+    ):
+        collect_reports(cfg, tmp_path)
+    cfg = OmegaConf.merge(base, {"reports": {"worldsense": str(tmp_path / "none.json")}})
+    with pytest.raises(FileNotFoundError, match="no such report.json"):
+        collect_reports(cfg, tmp_path)
+    plain.write_text(json.dumps(_report("worldsense", {"Overall": 1.0})))
+    both = {"reports": {"worldsense": str(plain)}, "benchmarks": {"worldsense": {"data_file": "qa.json"}}}
+    with pytest.raises(ValueError, match="both reports.worldsense and benchmarks.worldsense.data_file"):
+        collect_reports(OmegaConf.merge(base, both), tmp_path)
