@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SCORERS: dict[str, str] = {
     "worldsense": "visd_exp.benchmarks.worldsense:score",
     "videommmu": "visd_exp.benchmarks.videommmu:score",
+    "videomme": "visd_exp.benchmarks.videomme:score",
 }
 BENCHMARK_SOURCES = ("vstar", *GROUNDING_SOURCES)
 #: the sample fields the benchmarks read, copied into a benchmark row's prediction record

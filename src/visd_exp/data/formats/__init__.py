@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("project", "stgr", "video_r1", "vstar", "charades_sta", "charades_sta_json", "tvgbench")
 FORMATS += ("worldsense",)
 FORMATS += ("videommmu",)
+FORMATS += ("videomme",)
 
 
 @dataclass
@@ -218,6 +219,8 @@ def _converter(fmt: str) -> Callable[[Any, ReadContext], list[dict]]:
         from visd_exp.data.formats.worldsense import convert
     elif fmt == "videommmu":
         from visd_exp.data.formats.videommmu import convert
+    elif fmt == "videomme":
+        from visd_exp.data.formats.videomme import convert
     else:
         raise ValueError(f"unknown data format {fmt!r} (one of {', '.join(FORMATS)})")
     return convert

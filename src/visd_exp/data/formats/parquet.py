@@ -14,6 +14,7 @@ from typing import Any
 #: format -> the columns that identify it (all must be present)
 COLUMNS: dict[str, frozenset[str]] = {
     "videommmu": frozenset({"id", "question", "options", "answer", "question_type"}),
+    "videomme": frozenset({"videoID", "duration", "domain", "task_type", "question", "options", "answer"}),
 }
 
 
