@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from visd_exp.utils.setup import find_project_root
 
@@ -47,7 +48,9 @@ def test_every_benchmark_file_names_itself():
         cfg = compose_eval(f"benchmark={name}")
         assert cfg.benchmark.name == name, name
         assert cfg.data.format, f"conf/benchmark/{name}.yaml: data.format is not set"
-        assert cfg.max_completion_length >= 256, name
+        own = OmegaConf.load(Path(CONF) / "benchmark" / f"{name}.yaml")
+        assert "max_completion_length" in own, f"conf/benchmark/{name}.yaml: no max_completion_length"
+        assert cfg.max_completion_length == own.max_completion_length, name  # the benchmark's, not evaluate's
     assert set(present) <= set(BENCHMARKS)
 
 
@@ -228,8 +231,6 @@ def test_evaluate_all_runs_a_benchmark_and_takes_a_report(worldsense, tmp_path, 
 
 
 def test_evaluate_all_refuses_what_it_cannot_lay_out(tmp_path):
-    from omegaconf import OmegaConf
-
     from visd_exp.evaluate_all import collect_reports
 
     base = OmegaConf.load(Path(CONF) / "evaluate_all.yaml")
