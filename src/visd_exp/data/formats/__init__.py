@@ -31,6 +31,7 @@ FORMATS = ("project", "stgr", "video_r1", "vstar", "charades_sta", "charades_sta
 FORMATS += ("worldsense",)
 FORMATS += ("videommmu",)
 FORMATS += ("videomme",)
+FORMATS += ("videomme_v2",)
 
 
 @dataclass
@@ -221,6 +222,8 @@ def _converter(fmt: str) -> Callable[[Any, ReadContext], list[dict]]:
         from visd_exp.data.formats.videommmu import convert
     elif fmt == "videomme":
         from visd_exp.data.formats.videomme import convert
+    elif fmt == "videomme_v2":
+        from visd_exp.data.formats.videomme_v2 import convert
     else:
         raise ValueError(f"unknown data format {fmt!r} (one of {', '.join(FORMATS)})")
     return convert
