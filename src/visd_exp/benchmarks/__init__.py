@@ -42,6 +42,7 @@ SCORERS: dict[str, str] = {
     "videommmu": "visd_exp.benchmarks.videommmu:score",
     "videomme": "visd_exp.benchmarks.videomme:score",
     "videomme_v2": "visd_exp.benchmarks.videomme_v2:score",
+    "longvideo_reason": "visd_exp.benchmarks.longvideo_reason:score",
 }
 BENCHMARK_SOURCES = ("vstar", *GROUNDING_SOURCES)
 #: the sample fields the benchmarks read, copied into a benchmark row's prediction record

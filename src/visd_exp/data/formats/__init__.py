@@ -32,6 +32,7 @@ FORMATS += ("worldsense",)
 FORMATS += ("videommmu",)
 FORMATS += ("videomme",)
 FORMATS += ("videomme_v2",)
+FORMATS += ("longvideo_reason",)
 
 
 @dataclass
@@ -173,6 +174,8 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
         keys = set(first)
         if "vid" in keys and ({"temporal_question", "bboxes"} & keys):
             return "vstar"
+        if {"problem", "videos", "answer"} <= keys and "solution" not in keys:  # before Video-R1's
+            return "longvideo_reason"
         if {"problem", "problem_type"} <= keys:
             return "video_r1"
         if {"path", "question", "answer"} <= keys and "video_path" not in keys:
@@ -224,6 +227,8 @@ def _converter(fmt: str) -> Callable[[Any, ReadContext], list[dict]]:
         from visd_exp.data.formats.videomme import convert
     elif fmt == "videomme_v2":
         from visd_exp.data.formats.videomme_v2 import convert
+    elif fmt == "longvideo_reason":
+        from visd_exp.data.formats.longvideo_reason import convert
     else:
         raise ValueError(f"unknown data format {fmt!r} (one of {', '.join(FORMATS)})")
     return convert

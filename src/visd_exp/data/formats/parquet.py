@@ -16,6 +16,7 @@ COLUMNS: dict[str, frozenset[str]] = {
     "videommmu": frozenset({"id", "question", "options", "answer", "question_type"}),
     "videomme": frozenset({"videoID", "duration", "domain", "task_type", "question", "options", "answer"}),
     "videomme_v2": frozenset({"video_id", "group_type", "group_structure", "question", "options", "answer"}),
+    "longvideo_reason": frozenset({"problem", "videos", "answer"}),
 }
 
 
