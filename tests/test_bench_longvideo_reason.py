@@ -101,6 +101,17 @@ def test_read_unchanged(root):
     array.write_text(json.dumps(RECORDS, indent=1), encoding="utf-8")
     assert detect_format(array) == "longvideo_reason"
     assert [r["id"] for r in load_records(array, video_root=root)] == list(REPLIES)
+    # and so does the split as parquet (the columns are the keys)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = root / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(RECORDS), parquet)
+    assert detect_format(parquet) == "longvideo_reason"
+    from_parquet = load_records(parquet, video_root=root)
+    assert [(r["id"], r["answer"], r["task"]) for r in from_parquet] == [
+        (r["id"], r["answer"], r["task"]) for r in records
+    ]
 
 
 def test_video_r1_files_still_detected(tmp_path):
