@@ -123,11 +123,11 @@ def _check_alpha(records: list[dict], video: str) -> None:
         "temporal_grounding",
     ]
     assert [r["vstar"] for r in records] == [
-        {"vid": "vs_alpha", "index": 0, "query": "what", "chain": 0},
-        {"vid": "vs_alpha", "index": 0, "query": "when", "chain": 1},
-        {"vid": "vs_alpha", "index": 0, "query": "where", "chain": 1},
-        {"vid": "vs_alpha", "index": 0, "query": "where", "chain": 2},
-        {"vid": "vs_alpha", "index": 0, "query": "when", "chain": 2},
+        {"vid": "vs_alpha", "index": 0, "query": "what", "chain": 0, "prompts": "project"},
+        {"vid": "vs_alpha", "index": 0, "query": "when", "chain": 1, "prompts": "project"},
+        {"vid": "vs_alpha", "index": 0, "query": "where", "chain": 1, "prompts": "project"},
+        {"vid": "vs_alpha", "index": 0, "query": "where", "chain": 2, "prompts": "project"},
+        {"vid": "vs_alpha", "index": 0, "query": "when", "chain": 2, "prompts": "project"},
     ]
     for r in records:
         assert r["source"] == "vstar"

@@ -123,22 +123,44 @@ def benchmark_messages(
     whole user text after the frames, sent verbatim: no task instruction is appended), `timestamps`
     (true: each frame is labelled "Frame i at t s:" as in training; false: the frames are bare images, as
     the official pipelines pass a video) and optionally `images` (how many still images, e.g. VideoMMMU's
-    Adaptation image, follow the video frames: they are the last entries of the plan)."""
-    unknown = set(prompt) - {"system", "text", "timestamps", "images"}
+    Adaptation image, follow the video frames: they are the last entries of the plan).
+
+    Two optional keys lay out prompts whose official text surrounds the frames: `before` (text sent before
+    the first frame; then `text` follows the frames with no newline added, and an empty `text` adds
+    nothing) and `frame` (each video frame as a template: "{image}" where the image goes, {i} its 1-based
+    number, {t} its time as str(round(t, 1)); e.g. Open-o3-Video's "Frame {i} at {t}s: {image}\n")."""
+    unknown = set(prompt) - {"system", "text", "timestamps", "images", "before", "frame"}
     if unknown or "text" not in prompt:
         raise ValueError(
-            f"record prompt: needs 'text', takes system/text/timestamps/images; got {sorted(prompt)}"
+            "record prompt: needs 'text', takes system/text/timestamps/images/before/frame; "
+            f"got {sorted(prompt)}"
         )
     stills = int(prompt.get("images") or 0)
     video_times = list(frame_times)[: len(frame_times) - stills] if stills else list(frame_times)
     content: list[dict] = []
+    if prompt.get("before"):
+        content.append({"type": "text", "text": prompt["before"]})
+    template = prompt.get("frame")
+    if template is not None and template.count("{image}") != 1:
+        raise ValueError(f"record prompt: 'frame' must hold one {{image}}, got {template!r}")
     for i, t in enumerate(video_times):
+        if template is not None:
+            head, tail = template.split("{image}")
+            label = {"i": i + 1, "t": round(float(t), 1)}
+            content.extend([{"type": "text", "text": head.format(**label)}] if head else [])
+            content.append({"type": "image"})
+            content.extend([{"type": "text", "text": tail.format(**label)}] if tail else [])
+            continue
         if prompt.get("timestamps", False):
             content.append({"type": "text", "text": f"Frame {i + 1} at {format_seconds(t)}s:"})
         content.append({"type": "image"})
     for _ in range(stills):
         content.append({"type": "image"})
-    content.append({"type": "text", "text": ("\n" if content else "") + prompt["text"]})
+    if "before" in prompt:
+        if prompt["text"]:
+            content.append({"type": "text", "text": prompt["text"]})
+    else:
+        content.append({"type": "text", "text": ("\n" if content else "") + prompt["text"]})
     if privileged:
         content.append({"type": "text", "text": "\n" + privileged.strip()})
     messages = [{"role": "user", "content": content}]

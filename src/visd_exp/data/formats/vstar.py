@@ -12,10 +12,17 @@ Format facts relied on (docs in /work/shared/notes/formats.md, the official scri
     length stated), then where (told the whole seconds ceil(s)..floor(e), boxes keyed by second);
     chain 2: where (no time given), then when (given the ground-truth boxes without their times).
 
+Wording (`data.vstar_prompts`, ReadContext.options): `project` (the default) asks in the project's
+words under its system prompt (data/prompts.build_messages), where-answers as the project's claims
+naming the record's `object`; `official` and `open_o3` give each record the `prompt` of V-STaR's own
+inference_demo.py or of Open-o3-Video's V-STaR evaluation (formats/vstar_prompts.py, which names the
+files and commits), whose where-answers are JSON {"<sec>": [x1, y1, x2, y2]} and which name no object
+beyond the published questions.
+
 Records out (the evaluator reads exactly these): ids `<vid>#<k>/what|when1|where1|where2|when2`,
 k = the record's 0-based position among the records this file's reader was handed; every record
 carries source "vstar", video_path, duration, image_size and the `vstar` block
-{"vid", "index", "query", "chain"}. Normalised boxes ([0, 1]) are refused, never read as pixels.
+{"vid", "index", "query", "chain", "prompts"}. Normalised boxes ([0, 1]) are refused, never read as pixels.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from visd_exp.data.formats.base import FieldError, ReadContext, require
+from visd_exp.data.formats.vstar_prompts import MODES, query_prompts
 
 SOURCE = "vstar"
 NUMBER = (int, float)
@@ -176,6 +184,9 @@ def when_given_boxes_question(question: str, duration: float, size: list[int], b
 def convert(raw: Any, ctx: ReadContext) -> list[dict]:
     """The five queries of one V-STaR record (what, when1, where1, where2, when2), in that order."""
     k = _next_index(ctx)  # counted before anything can fail: k is the record's place in the file
+    mode = str(ctx.options.get("vstar_prompts") or "project")
+    if mode not in MODES:
+        raise ValueError(f"data.vstar_prompts={mode!r}: expected one of {', '.join(MODES)}")
     if not isinstance(raw, Mapping):
         raise FieldError("<record>", f"expected a JSON object, got {type(raw).__name__}")
     vid = require(raw, "vid", str)
@@ -215,8 +226,15 @@ def convert(raw: Any, ctx: ReadContext) -> list[dict]:
         ("where2", SPATIAL, "where", 2, where2, claims, boxed),
         ("when2", TEMPORAL, "when", 2, when2, span, timed),
     ]
-    return [
-        {
+    prompts: dict[str, dict] = {}
+    if mode != "project":  # the pipeline's own text; `question` is then the published question
+        published = {"what": "question", "when1": "temporal_question", "when2": "temporal_question"}
+        published.update(where1="spatial_question", where2="spatial_question_2")
+        prompts = query_prompts(mode, raw, [b for _, _, b in boxes], size, (start, end))
+        queries = [(s, t, qu, c, q[published[s]].strip(), a, f) for s, t, qu, c, _, a, f in queries]
+    records = []
+    for suffix, task, query, chain, question, answer_text, fields in queries:
+        record = {
             "id": f"{vid}#{k}/{suffix}",
             "task": task,
             "source": SOURCE,
@@ -226,7 +244,9 @@ def convert(raw: Any, ctx: ReadContext) -> list[dict]:
             **copy.deepcopy(fields),  # records must not share mutable fields
             "image_size": list(size),
             "duration": duration,
-            "vstar": {"vid": vid, "index": k, "query": query, "chain": chain},
+            "vstar": {"vid": vid, "index": k, "query": query, "chain": chain, "prompts": mode},
         }
-        for suffix, task, query, chain, question, answer_text, fields in queries
-    ]
+        if suffix in prompts:
+            record["prompt"] = prompts[suffix]
+        records.append(record)
+    return records
