@@ -201,12 +201,12 @@ def test_missing_rows_and_keys_score_zero():
     # a prediction keyed "3" (a claim at 3.4 s) does not match the GT box at second 4
     shifted = dict(items[0], answer_spatial={"2": [100, 100, 200, 200], "3": [200, 100, 300, 200]})
     assert score_items([shifted], [3])["chain1"]["spatial"]["mIoU"] == 0.5
-    # an empty answer is rated 0 without asking the judge
+    # an empty answer is not sent to the judge (eval.py skips the record)
     silent = dict(items[0], answer_vqa="")
     judge = FixedJudge({})
     from visd_exp.benchmarks.vstar import rate_items
 
-    assert rate_items([silent], judge) == [0] and judge.seen == []
+    assert rate_items([silent], judge) == [None] and judge.seen == []
 
 
 def test_interval_read_like_the_official_script():
@@ -347,8 +347,9 @@ def test_rule_grader():
 
 
 def test_parse_rating():
-    assert [parse_rating(x) for x in ("2", " 3\n", "0")] == [2, 3, 0]
-    assert [parse_rating(x) for x in ("two", "2.", "5", "-1", "", None)] == [None] * 6
+    # eval.py: int(response), -1 when that fails; -1 is the unparseable mark, any other integer counts
+    assert [parse_rating(x) for x in ("2", " 3\n", "0", "5", "+2")] == [2, 3, 0, 5, 2]
+    assert [parse_rating(x) for x in ("two", "2.", "-1", "", "2 points", None)] == [None] * 6
 
 
 class _ChatHandler(BaseHTTPRequestHandler):

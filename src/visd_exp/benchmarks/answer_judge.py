@@ -1,15 +1,18 @@
 """V-STaR's answer judge: a 0-3 rating of a candidate answer against the ground-truth answer.
 
-The rule (V-STaR-Bench/V-STaR ``eval.py``: ``qwen2_5_evaluation`` and ``print_stats``): an LLM (there
-Qwen2.5-72B-Instruct) is given the question, the ground-truth answer and the candidate answer, and replies
-with one integer 0-3 rating their semantic similarity (0 none, 1 low / largely incorrect, 2 high / largely
-correct, 3 complete). A reply that is not such an integer counts 0 in the average rating and as not correct;
-an answer is correct iff its rating >= 2; accuracy = correct / number of records.
+The rule (V-STaR-Bench/V-STaR ``eval.py`` at 1894682b: ``qwen2_5_evaluation`` and ``print_stats``; the same
+prompt in Open-o3-Video's ``eval/test/eval_vstar.py`` at 1eb6ecae, which decodes greedily): an LLM (the
+paper's judge: Qwen2.5-72B-Instruct) gets the official system prompt (``SYSTEM_PROMPT``, its text kept word
+for word, line breaks included, since the ratings depend on it) and ``Question: ...\nGroundtruth answer:
+...\nCandidate answer: ...\nYour response: ``, and replies with one integer. The reply is read with Python's
+int() (surrounding whitespace allowed); a reply that int() refuses becomes -1, and -1 counts 0 in the average
+rating and is left out of the valid ratings; any other integer counts as it is; correct iff rating >= 2;
+accuracy = correct / number of records.
 
 Two graders, chosen by ``answer_judge.kind`` in conf/evaluate.yaml:
 
 - ``openai``: ``OpenAIAnswerJudge``, any OpenAI-compatible ``POST {base_url}/chat/completions`` (OpenAI, vLLM,
-  a local server) over httpx, with V-STaR's rating instructions (restated) as the system prompt. The API key
+  a local server) over httpx, with V-STaR's rating prompt as the system prompt, temperature 0. The API key
   is read from ``os.environ[api_key_env]`` when a request is built and only placed in its Authorization
   header: never stored on the object, logged, or written (a server message quoting it is masked). This is
   the benchmark's protocol (with the model the config names; the paper's judge was Qwen2.5-72B-Instruct).
@@ -49,15 +52,20 @@ log = logging.getLogger(__name__)
 RATINGS = (0, 1, 2, 3)
 CORRECT_AT = 2  # eval.py: `if score >= 2: correct_num += 1`
 
+# eval.py's system_prompt: a triple-quoted string opening and closing with a newline, two of whose lines
+# end in a backslash continuation (joined with the next line, nothing between).
 SYSTEM_PROMPT = (
-    "You are evaluating a candidate answer to a question about a video against the correct (groundtruth) "
-    "answer. You are given the question, the groundtruth answer and the candidate answer. Rate, from 0 to 3, "
-    "only how similar in meaning the candidate is to the groundtruth, ignoring grammar and wording.\n"
-    "0: no similarity; the candidate is entirely incorrect.\n"
-    "1: low similarity; the candidate is largely incorrect.\n"
-    "2: high similarity; the candidate is largely correct.\n"
-    "3: complete similarity; the candidate is entirely correct.\n"
-    "Reply with a single integer: 0, 1, 2 or 3."
+    "\n"
+    "As an AI assistant, your task is to evaluate a candidate answer in comparison to a given correct answer.\n"
+    "The question itself, the correct 'groundtruth' answer, and the candidate answer will be provided to you.\n"
+    "Your assessment should range from 0 to 3, "
+    "based solely on the semantic similarity between the groundtruth and the candidate answer, "
+    "disregarding any grammatical differences.\n"
+    "A rating of 0 suggests no similarity, implying the candidate answer is entirely incorrect.\n"
+    "A rating of 1 suggests low similarity, meaning the candidate answer is largely incorrect.\n"
+    "A rating of 2 suggests high similarity, meaning the candidate answer is largely correct.\n"
+    "Lastly, a rating of 3 indicates complete similarity, which means the candidate answer is entirely correct.\n"
+    "Your response should be a single integer from 0, 1, 2, or 3.\n"
 )
 USER_TEMPLATE = (
     "Question: {question}\nGroundtruth answer: {groundtruth}\nCandidate answer: {candidate}\nYour response: "
@@ -82,15 +90,15 @@ class AnswerItem(NamedTuple):
 
 
 def parse_rating(reply: str | None) -> int | None:
-    """The rating in a judge reply: the whole reply must be one integer 0-3 (eval.py: ``int(response)``;
-    any other reply, and here also an integer outside 0-3, is unparseable -> None)."""
+    """The rating in a judge reply as eval.py reads it: ``int(reply)``, with -1 (also what a reply int()
+    refuses becomes) as unparseable -> None; any other integer is the rating."""
     if not isinstance(reply, str):
         return None
     try:
-        value = int(reply.strip())
+        value = int(reply)
     except ValueError:
         return None
-    return value if value in RATINGS else None
+    return None if value == -1 else value
 
 
 # ----------------------------------------------------------------------------- rule grader

@@ -5,42 +5,44 @@ Every rule below is V-STaR-Bench/V-STaR ``eval.py`` (``evaluate_json``, ``calcul
 results file's ``answer_*`` fields), re-implemented here:
 
 - Records: published record k (0-based position in the file) with ``vid`` is read into five rows,
-  ``vstar = {vid, index: k, query, chain}``: what (chain 0, free text), when chain 1 and 2 (an interval),
-  where chain 1 and 2 (grounded claims). Rows are grouped by ``vstar.index``; a missing row scores 0.
-- Answer: one 0-3 rating per record from the answer judge (answer_judge.py); unparseable = 0 in the mean
-  rating and not correct; correct iff rating >= 2; accuracy = correct / records, shared by both chains.
-  An empty answer is rated 0 without asking (eval.py skips such a record).
+  ``vstar = {vid, index: k, query, chain, prompts}``: what (chain 0, free text), when chain 1 and 2 (an
+  interval), where chain 1 and 2 (boxes). Rows are grouped by ``vstar.index``; a missing row scores 0.
+- Answer: one rating per record from the answer judge (answer_judge.py: the reply read with int(); a reply
+  that is no integer, or -1, is unparseable = 0 in the mean rating and not correct); correct iff rating >= 2.
+- Empty what-answers (``if 'answer_vqa' in item and item['answer_vqa']: ... else: continue``): the record
+  is SKIPPED, not sent to the judge: it leaves the mean ratings and every temporal and spatial mean, yet
+  stays in the accuracy's denominator (print_stats divides correct_num by len(data)); a record with no what
+  row is skipped the same way. Counted in ``answer.skipped_empty``.
 - Temporal, per chain: IoU of the predicted [s, e] with the ground-truth ``timestamps``; intersection
   max(0, min(e) - max(s)), union max(e) - min(s) (= metrics.temporal_iou on well-formed intervals; a
   missing, malformed or reversed interval scores 0). Reported: mean IoU and R1@{0.3, 0.5, 0.7}.
-- Spatial, per chain: the prediction is {"<whole second>": box or [boxes]} in original video pixels. For
-  each ground-truth box (one per ``bboxes`` entry, keyed by str(its timestamp)): the best IoU over the boxes
-  predicted at that key, 0 when the key is missing (no object-name matching); per record mIoU = mean over
-  its boxes, AP@t = share of its boxes with IoU >= t, t in {0.1, 0.3, 0.5, 0.7, 0.9}; an empty prediction
-  gives 0 for all; then means over records.
+- Spatial, per chain: the prediction is {"<whole second>": box or [boxes]} in original video pixels
+  (vstar_answers.py: the project's claims, or the official JSON form as written). For each ground-truth box
+  (one per ``bboxes`` entry, keyed by str(its timestamp)): the best IoU over the boxes predicted at that
+  key, 0 when the key is missing (no object-name matching); per record mIoU = mean over its boxes, AP@t =
+  share of its boxes with IoU >= t, t in {0.1, 0.3, 0.5, 0.7, 0.9}; an empty prediction gives 0 for all;
+  then means over records.
 - AM / LGM per chain and mAM / mLGM: metrics.vstar_summary (the same formulas as print_stats; the only
   difference is that each LGM term is clamped at 1 - 1e-6 where eval.py would fail with log(0)).
 
-Predictions come from the project's parser (rewards/parsing.py): the answer text; the answer's interval
-(else its two numbers, like inference_demo.extract_timestamps); the answer's claims, each box rescaled from ``frame_size`` (the frame the model saw) to ``image_size``
-(original pixels), keyed by the claim's time rounded half up to a whole second. Deviations from eval.py,
-all for malformed input only: a box with x2 <= x1 or y2 <= y1 scores 0 (metrics.box_iou); a judge reply
-outside 0-3 is unparseable; ground-truth timestamps that are whole numbers written as floats are keyed
-"3", not "3.0", and the export writes them as integers so eval.py keys them the same way.
+Deviations from eval.py, all for malformed input only: a box with x2 <= x1 or y2 <= y1 scores 0
+(metrics.box_iou); ground-truth timestamps that are whole numbers written as floats are keyed "3", not
+"3.0", and the export writes them as integers so eval.py keys them the same way; a mean over no record
+(every record skipped) is 0 where numpy gives nan.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from visd_exp.benchmarks.answer_judge import CORRECT_AT, AnswerItem
+from visd_exp.benchmarks.vstar_answers import answer_text, predicted_boxes, predicted_segment
 from visd_exp.metrics import box_iou, recall_at_iou, temporal_iou, vstar_summary
-from visd_exp.rewards.parsing import parse_completion
+
+__all__ = ["answer_text", "predicted_boxes", "predicted_segment", "score_vstar", "export_results"]
 
 SOURCE = "vstar"
 QUERIES = (("what", 0), ("when", 1), ("when", 2), ("where", 1), ("where", 2))
@@ -48,7 +50,6 @@ R1_THRESHOLDS = (0.3, 0.5, 0.7)
 AP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 ANSWER_FIELDS = ("answer_vqa", "answer_temporal", "answer_temporal_2", "answer_spatial", "answer_spatial_2")
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
-_TWO_NUMBERS = re.compile(r"\b\d+(?:\.\d+)?\b")  # inference_demo.extract_timestamps
 
 
 def _number(value):
@@ -62,49 +63,7 @@ def second_key(timestamp) -> str:
     return str(_number(timestamp))
 
 
-def claim_key(time: float) -> str:
-    """Key of a predicted claim: its time rounded half up to the nearest whole second."""
-    return str(math.floor(float(time) + 0.5))
-
-
-# ----------------------------------------------------------------------------- predictions from rows
-
-
-def answer_text(row: Mapping) -> str:
-    """The predicted answer text: the parsed <answer> block, else the completion without its tags."""
-    answer = row.get("parsed_answer")
-    if answer is None:
-        answer = parse_completion(row.get("prediction") or "").answer
-    if answer is None:
-        text = (row.get("prediction") or "").split("</think>")[-1]
-        answer = text.replace("<answer>", " ").replace("</answer>", " ")
-    return " ".join(answer.split())
-
-
-def predicted_segment(row: Mapping) -> list[float] | None:
-    """The answer's <t> interval; else, as inference_demo.extract_timestamps reads a reply, the answer's
-    two numbers when it holds exactly two ("[2.0, 5.0]", "2 - 5 seconds")."""
-    parsed = parse_completion(row.get("prediction") or "")
-    if parsed.answer_segment is not None:
-        return [float(parsed.answer_segment[0]), float(parsed.answer_segment[1])]
-    numbers = _TWO_NUMBERS.findall(answer_text(row))
-    return [float(numbers[0]), float(numbers[1])] if len(numbers) == 2 else None
-
-
-def predicted_boxes(row: Mapping) -> dict[str, list]:
-    """{"<sec>": [x1, y1, x2, y2] or [[...], ...]} in image_size pixels from the answer's claims (unscaled
-    when frame_size or image_size is unknown)."""
-    image, frame = row.get("image_size"), row.get("frame_size")
-    known = image and frame and all(v > 0 for v in (*image, *frame))
-    sx, sy = (image[0] / frame[0], image[1] / frame[1]) if known else (1.0, 1.0)
-    by_key: dict[str, list[list[float]]] = {}
-    for claim in parse_completion(row.get("prediction") or "").answer_claims:
-        if claim.time is None:
-            continue  # a box with no time has no key to be scored under
-        for x1, y1, x2, y2 in claim.boxes:
-            box = [round(x1 * sx, 2), round(y1 * sy, 2), round(x2 * sx, 2), round(y2 * sy, 2)]
-            by_key.setdefault(claim_key(claim.time), []).append(box)
-    return {k: boxes[0] if len(boxes) == 1 else boxes for k, boxes in by_key.items()}
+# ----------------------------------------------------------------------------- ground truth from rows
 
 
 def groundtruth_bboxes(row: Mapping) -> list[dict]:
@@ -174,20 +133,28 @@ def segment_iou(prediction, groundtruth) -> float:
 
 
 def best_box_iou(gt_box: Sequence[float], predicted) -> float:
-    """IoU with a predicted box, or the best over a list of boxes (calculate_bbox_iou)."""
+    """IoU with a predicted box, or the best over a list of boxes (calculate_bbox_iou: a value that is not a
+    box scores 0; a box of four values one of which is not a number makes the whole answer 0, as the
+    script's try/except around max() does)."""
     if not predicted or not isinstance(predicted, (list, tuple)):
         return 0.0
-    candidates = [predicted] if isinstance(predicted[0], (int, float)) else predicted
-    return max((box_iou(box, gt_box) for box in candidates if isinstance(box, (list, tuple))), default=0.0)
+    one = isinstance(predicted[0], (int, float)) and len(predicted) == 4
+    best = 0.0
+    for box in [predicted] if one else predicted:
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            continue
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+            return 0.0
+        best = max(best, box_iou(box, gt_box))
+    return best
 
 
 def spatial_scores(bboxes: Sequence[Mapping], predicted: Mapping | None) -> tuple[float, dict[float, float]]:
-    """(mIoU, {t: AP@t}) of one record (calculate_spatial_metrics)."""
+    """(mIoU, {t: AP@t}) of one record (calculate_spatial_metrics; a list where a dict belongs scores 0)."""
     if not predicted:
         return 0.0, {t: 0.0 for t in AP_THRESHOLDS}
-    ious = [
-        best_box_iou([gt[k] for k in BOX_KEYS], predicted.get(second_key(gt["timestamp"]))) for gt in bboxes
-    ]
+    keyed = predicted if isinstance(predicted, Mapping) else {}
+    ious = [best_box_iou([gt[k] for k in BOX_KEYS], keyed.get(second_key(gt["timestamp"]))) for gt in bboxes]
     if not ious:
         return 0.0, {t: 0.0 for t in AP_THRESHOLDS}
     return sum(ious) / len(ious), {t: sum(iou >= t for iou in ious) / len(ious) for t in AP_THRESHOLDS}
@@ -197,11 +164,18 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def skipped(item: Mapping) -> bool:
+    """eval.py's rule: a record whose what-answer is missing or empty is not evaluated at all."""
+    return not item.get("answer_vqa")
+
+
 def score_items(items: Sequence[Mapping], ratings: Sequence[int | None]) -> dict:
-    """The V-STaR report of eval.py-shaped items and their ratings (None = unparseable)."""
+    """The V-STaR report of eval.py-shaped items and their ratings (None = unparseable; the rating of a
+    skipped item is ignored)."""
     n = len(items)
-    all_ratings = [r if r is not None else 0 for r in ratings]
-    valid = [r for r in ratings if r is not None]
+    kept = [(it, r) for it, r in zip(items, ratings, strict=True) if not skipped(it)]
+    all_ratings = [r if r is not None else 0 for _, r in kept]
+    valid = [r for _, r in kept if r is not None]
     correct = sum(r >= CORRECT_AT for r in valid)
     accuracy = correct / n if n else 0.0
     report: dict = {
@@ -211,13 +185,16 @@ def score_items(items: Sequence[Mapping], ratings: Sequence[int | None]) -> dict
             "correct": correct,
             "mean_rating": _mean(all_ratings),
             "mean_valid_rating": _mean(valid),
-            "unparseable": len(ratings) - len(valid),
+            "unparseable": len(kept) - len(valid),
+            "skipped_empty": n - len(kept),
         },
     }
     chains = {}
     for chain, suffix in ((1, ""), (2, "_2")):
-        tious = [segment_iou(it.get("answer_temporal" + suffix), it.get("timestamps")) for it in items]
-        spatial = [spatial_scores(it.get("bboxes") or [], it.get("answer_spatial" + suffix)) for it in items]
+        tious = [segment_iou(it.get("answer_temporal" + suffix), it.get("timestamps")) for it, _ in kept]
+        spatial = [
+            spatial_scores(it.get("bboxes") or [], it.get("answer_spatial" + suffix)) for it, _ in kept
+        ]
         temporal = {
             "mIoU": _mean(tious),
             **{f"R1@{t:g}": v for t, v in recall_at_iou(tious, R1_THRESHOLDS).items()},
@@ -234,12 +211,12 @@ def score_items(items: Sequence[Mapping], ratings: Sequence[int | None]) -> dict
 
 
 def rate_items(items: Sequence[Mapping], judge) -> list[int | None]:
-    """Ratings of the items' answers: empty answers are 0 without a request, the rest go to the judge."""
-    ask = [i for i, it in enumerate(items) if (it.get("answer_vqa") or "").strip()]
+    """Ratings of the items' answers; skipped items (empty answers) are not sent (None, ignored)."""
+    ask = [i for i, it in enumerate(items) if not skipped(it)]
     asked = judge.rate(
         [AnswerItem(items[i]["question"], items[i]["answer"], items[i]["answer_vqa"]) for i in ask]
     )
-    ratings: list[int | None] = [0] * len(items)
+    ratings: list[int | None] = [None] * len(items)
     for i, rating in zip(ask, asked):
         ratings[i] = rating
     return ratings
