@@ -7,7 +7,9 @@
 Formats (`data.format`, `--format`): project (JSONL of docs/DATA.md), stgr (Open-o3-Video
 STGR-RL / STGR-SFT), video_r1 (Video-R1-260k / COT-165k), vstar (V-STaR, JSON or legacy JSONL),
 charades_sta (the `<vid> <start> <end>##<sentence>` text), charades_sta_json (Time-R1's JSON
-object keyed by video), tvgbench (Time-R1's TVGBench JSON). Each reader lives in its own module.
+object keyed by video, pretty-printed or on one line), tvgbench (Time-R1's TVGBench JSON), time_r1
+(Time-R1's training JSON: video, duration, timestamp, sentence, qid). Each reader lives in its own
+module.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ FORMATS += ("videommmu",)
 FORMATS += ("videomme",)
 FORMATS += ("videomme_v2",)
 FORMATS += ("longvideo_reason",)
+FORMATS += ("time_r1",)
 
 
 @dataclass
@@ -166,7 +169,9 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
     first = _first_value(stripped)
     if head == "{" and _worldsense_like(first):
         return "worldsense"
-    if head == "{" and isinstance(first, dict) and not _is_jsonl(stripped):
+    if head == "{" and isinstance(first, dict) and (not _is_jsonl(stripped) or _one_line(stripped)):
+        # Time-R1's Charades-STA object, pretty-printed or on one line as json.dump writes it (a one-line
+        # object is taken for it only in its shape: every member {timestamps, sentences, ...})
         members = list(first.values())
         if members and all(isinstance(v, dict) and "timestamps" in v and "sentences" in v for v in members):
             return "charades_sta_json"
@@ -174,6 +179,8 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
         keys = set(first)
         if "vid" in keys and ({"temporal_question", "bboxes"} & keys):
             return "vstar"
+        if {"video", "timestamp", "sentence", "qid"} <= keys:  # Time-R1's training JSON
+            return "time_r1"
         if {"problem", "videos", "answer"} <= keys and "solution" not in keys:  # before Video-R1's
             return "longvideo_reason"
         if {"problem", "problem_type"} <= keys:
@@ -193,6 +200,11 @@ def _worldsense_like(first: Any) -> bool:
     from visd_exp.data.formats.worldsense import looks_like
 
     return looks_like(first)
+
+
+def _one_line(text: str) -> bool:
+    """The whole file is one line (trailing whitespace aside)."""
+    return len(text.strip().splitlines()) == 1
 
 
 def _is_jsonl(text: str) -> bool:
@@ -229,6 +241,8 @@ def _converter(fmt: str) -> Callable[[Any, ReadContext], list[dict]]:
         from visd_exp.data.formats.videomme_v2 import convert
     elif fmt == "longvideo_reason":
         from visd_exp.data.formats.longvideo_reason import convert
+    elif fmt == "time_r1":
+        from visd_exp.data.formats.grounding import convert_time_r1 as convert
     else:
         raise ValueError(f"unknown data format {fmt!r} (one of {', '.join(FORMATS)})")
     return convert

@@ -8,6 +8,13 @@ Format facts relied on (/work/shared/notes/formats.md, "Temporal grounding bench
     sentences keep a trailing newline). read_file hands each member in as {"vid": key, **member}.
   - TVGBench (Time-R1): a JSON array of {"path": "./...", "question", "answer": "s-e", "duration",
     "question_type", "source", ...}; the question is already a grounding question.
+  - Time-R1's training JSON (xiaomi-research/time-r1 dataset/timer1/annotations/train_2k5.json, read at
+    7f2b5944; main.py load_json_dataset_tg reads it): a JSON array of {"video": "./dataset/timer1/videos/
+    timerft_data/<name>.mp4", "duration", "timestamp": [s, e], "sentence", "qid", "video_start",
+    "video_end", "difficulty", "pred"}. Some videos are clips cut from a longer one, named
+    `<youtube id>_<hh:mm:ss:mmm>_<hh:mm:ss:mmm>.mp4` with video_start/video_end their place in the
+    original; `duration` and `timestamp` are the clip's own. The name is kept as written (the clip file is
+    the video; nothing is cut again here). Ids are the `qid`s; source "time_r1".
   - Real annotations sometimes end a little past the video's duration: kept as written here
     (validation clips and counts them), never clipped or rejected by the reader.
 
@@ -146,5 +153,34 @@ def convert_tvgbench(raw: Any, ctx: ReadContext) -> list[dict]:
         raise FieldError("answer", f"expected 'start-end' in seconds, got {answer!r}")
     start, end = _number(match.group(1), "answer"), _number(match.group(2), "answer")
     record = _span_record(rid, "tvgbench", ctx.resolve(path), question.strip(), start, end)
+    record["duration"] = float(duration)
+    return [record]
+
+
+# ----------------------------------------------------------------------------- Time-R1 training JSON
+
+
+def convert_time_r1(raw: Any, ctx: ReadContext) -> list[dict]:
+    """{"video", "duration", "timestamp": [s, e], "sentence", "qid", ...} -> one temporal grounding record.
+    The video is `video` under data.video_root (Time-R1's paths are relative to its repository root), else
+    the file of that name (a clip's name included) anywhere under the root."""
+    if not isinstance(raw, Mapping):
+        raise FieldError("<record>", f"expected a JSON object, got {type(raw).__name__}")
+    qid = require(raw, "qid", str)
+    video = require(raw, "video", str)
+    sentence = require(raw, "sentence", str)
+    if not sentence.strip():
+        raise FieldError("sentence", "empty")
+    duration = require(raw, "duration", NUMBER)
+    if duration <= 0:
+        raise FieldError("duration", f"expected a positive number, got {duration!r}")
+    span = require(raw, "timestamp", list)
+    if len(span) != 2 or not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in span):
+        raise FieldError("timestamp", f"expected [start, end] in seconds, got {span!r}")
+    video_path = ctx.resolve(video)
+    if not Path(video_path).is_file():
+        video_path = ctx.find_video(Path(video).stem)
+    question = grounding_question(sentence)
+    record = _span_record(qid, "time_r1", video_path, question, float(span[0]), float(span[1]))
     record["duration"] = float(duration)
     return [record]
