@@ -124,6 +124,9 @@ def test_empty_what_answers_are_skipped_as_eval_py_skips_them():
     assert report["chain1"]["spatial"]["mIoU"] == pytest.approx(0.75)  # (1.0 + 0.5) / 2
     assert report["chain2"]["spatial"]["mIoU"] == pytest.approx(0.5)  # (0.0 + 1.0) / 2
     assert report["chain1"]["AM"] == pytest.approx((1 / 3 + 0.5 + 0.75) / 3)
+    from visd_exp.benchmarks.tables import benchmark_tables
+
+    assert "## V-STaR (3 records, 1 skipped for an empty answer" in benchmark_tables({"vstar": report})
 
 
 def test_open_o3_minutes_read_as_seconds():

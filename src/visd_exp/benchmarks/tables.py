@@ -66,7 +66,8 @@ def vstar_table(report: Mapping) -> str:
         report["mLGM"],
     )
     lines = [
-        f"## V-STaR ({report['num_records']} records; answers graded by {report.get('grader', 'n/a')})",
+        f"## V-STaR ({report['num_records']} records, {report['answer'].get('skipped_empty', 0)} skipped for an "
+        f"empty answer as eval.py skips them; answers graded by {report.get('grader', 'n/a')})",
         "",
         *_table(VSTAR_COLUMNS, values),
         "",
