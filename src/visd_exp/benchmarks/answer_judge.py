@@ -49,7 +49,6 @@ from visd_exp.judge.base import JudgeError, JudgeItem
 
 log = logging.getLogger(__name__)
 
-RATINGS = (0, 1, 2, 3)
 CORRECT_AT = 2  # eval.py: `if score >= 2: correct_num += 1`
 
 # eval.py's system_prompt: a triple-quoted string opening and closing with a newline, two of whose lines
