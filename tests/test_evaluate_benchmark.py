@@ -47,8 +47,9 @@ def test_every_benchmark_file_names_itself():
     for name in present:
         cfg = compose_eval(f"benchmark={name}")
         assert cfg.benchmark.name == name, name
-        assert cfg.data.format, f"conf/benchmark/{name}.yaml: data.format is not set"
         own = OmegaConf.load(Path(CONF) / "benchmark" / f"{name}.yaml")
+        assert "format" in own.data, f"conf/benchmark/{name}.yaml: no data.format (null = detected)"
+        assert cfg.data.format == own.data.format, name
         assert "max_completion_length" in own, f"conf/benchmark/{name}.yaml: no max_completion_length"
         assert cfg.max_completion_length == own.max_completion_length, name  # the benchmark's, not evaluate's
     assert set(present) <= set(BENCHMARKS)
