@@ -63,6 +63,38 @@ QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
 PROCESSOR_FILES = ("tokenizer_config.json", "preprocessor_config.json")
 
 
+class NotQwen2_5VLError(ValueError):
+    """A model directory whose config.json is not a Qwen2.5-VL model's; the message names both."""
+
+
+def check_qwen2_5_vl(path, where: str = "model") -> None:
+    """Loud before any weight is read: a local directory must hold a Qwen2.5-VL config.json.
+
+    Only Qwen2.5-VL checkpoints load here (the model class is Qwen2_5_VLForConditionalGeneration); the
+    baselines compared against (Open-o3-Video, Video-R1, VideoRFT) are fine-tunes of it. A hub id (no
+    local directory) is left to from_pretrained."""
+    directory = Path(str(path)).expanduser()
+    if not directory.is_dir():
+        return
+    config = directory / "config.json"
+    if not config.is_file():
+        raise NotQwen2_5VLError(f"{where}={directory}: no config.json, so not a Hugging Face model directory")
+    try:
+        found = json.loads(config.read_text())
+        model_type, architectures = found.get("model_type"), list(found.get("architectures") or [])
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise NotQwen2_5VLError(f"{where}={directory}: config.json is unreadable ({exc})") from exc
+    if model_type == QWEN2_5_VL_MODEL_TYPE or (
+        model_type is None and any(str(a).startswith("Qwen2_5_VL") for a in architectures)
+    ):
+        return
+    raise NotQwen2_5VLError(
+        f"{where}={directory}: config.json has model_type {model_type!r} (architectures {architectures}); "
+        f"only Qwen2.5-VL checkpoints (model_type {QWEN2_5_VL_MODEL_TYPE!r}) load here, and fine-tunes of "
+        "it such as Open-o3-Video, Video-R1 and VideoRFT"
+    )
+
+
 class InitFromError(ValueError):
     """`model.init_from` is missing or does not hold a Qwen2.5-VL model; the message names the path."""
 
@@ -128,6 +160,7 @@ def load_model_and_processor(cfg, data_cfg=None):
         processor_path = path if has_processor else resolve_model_path(cfg, data_cfg)
     else:
         path = processor_path = resolve_model_path(cfg, data_cfg)
+        check_qwen2_5_vl(path, "model.pretrained_model_name_or_path")
     dtype = _DTYPES[str(cfg.get("dtype", "float32"))]
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
