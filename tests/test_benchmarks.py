@@ -573,7 +573,7 @@ def test_evaluate_adds_benchmark_reports(monkeypatch, tmp_path):
                 yield score_prediction(completions[sample["id"]], sample)
 
     model = type("Model", (), {"eval": lambda self: self})()
-    monkeypatch.setattr(ev, "load_for_eval", lambda cfg: (model, None, "fake model"))
+    monkeypatch.setattr(ev, "load_for_eval", lambda cfg, device=None: (model, None, "fake model", {}))
     monkeypatch.setattr(dm, "VideoQADataModule", FakeData)
     monkeypatch.setattr(evaluation, "predict", fake_predict)
     cfg = OmegaConf.create(

@@ -30,53 +30,100 @@ os.environ.setdefault("PROJECT_ROOT", str(find_project_root()))
 log = logging.getLogger(__name__)
 
 
-def load_for_eval(cfg: DictConfig):
-    """(model, processor, description) from model_dir, a Lightning checkpoint, or the model group."""
+def load_for_eval(cfg: DictConfig, device: torch.device | None = None):
+    """(model, processor, description, runtime) from model_dir, a Lightning checkpoint, or the model group.
+
+    The model is placed on `device` (default cpu) in the dtype and attention of evaluate_runtime's rules;
+    runtime: {device, dtype, attn_implementation, why}."""
+    from visd_exp.evaluate_runtime import checkpoint_dtype, place_model, resolve_precision
     from visd_exp.models import load_model_and_processor
+    from visd_exp.models.loading import check_qwen2_5_vl
+
+    device = device or torch.device("cpu")
+
+    def precision(model_cfg, from_checkpoint):
+        dtype, attn, why = resolve_precision(
+            cfg.get("dtype"), cfg.get("attn_implementation"), device, from_checkpoint
+        )
+        return with_settings(model_cfg, dtype=dtype, attn_implementation=attn), why
 
     if cfg.get("model_dir"):
-        model_cfg = OmegaConf.create(
-            {
-                "pretrained_model_name_or_path": cfg.model_dir,
-                "tiny": None,
-                "dtype": cfg.model.get("dtype", "float32"),
-                "attn_implementation": cfg.model.get("attn_implementation", "sdpa"),
-            }
+        check_qwen2_5_vl(cfg.model_dir, "model_dir")  # before any weight is read
+        model_cfg, why = precision(
+            {"pretrained_model_name_or_path": cfg.model_dir, "tiny": None}, checkpoint_dtype(cfg.model_dir)
         )
         model, processor = load_model_and_processor(model_cfg)
-        return model, processor, str(cfg.model_dir)
-    if cfg.get("ckpt_path"):
+        source = str(cfg.model_dir)
+    elif cfg.get("ckpt_path"):
         ckpt_path = Path(cfg.ckpt_path)
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint")
         run_config = ckpt_path.parent.parent / "config_resolved.yaml"
         # The architecture (and tiny build) of the run that wrote the checkpoint, when it is known.
         run_cfg = OmegaConf.load(run_config) if run_config.is_file() else cfg
-        model, processor = load_model_and_processor(run_cfg.model, run_cfg.data)
+        model_cfg, why = precision(run_cfg.model, None)
+        model, processor = load_model_and_processor(model_cfg, run_cfg.data)
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
         student = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         model.load_state_dict(student)
-        return model, processor, str(ckpt_path)
-    model, processor = load_model_and_processor(cfg.model, cfg.data)
-    return model, processor, "model group: " + str(cfg.model.get("pretrained_model_name_or_path") or "tiny")
+        source = str(ckpt_path)
+    else:
+        model_cfg, why = cfg.model, "the model group's"
+        if cfg.model.get("tiny") is None:  # a hub model: a checkpoint like the others
+            model_cfg, why = precision(cfg.model, None)
+        else:  # the tiny model: its group's settings, unless given
+            given = {k: cfg[k] for k in ("dtype", "attn_implementation") if cfg.get(k) not in (None, "auto")}
+            model_cfg = with_settings(cfg.model, **given)
+            why = "the tiny model group's" + (f", {given} as given" if given else "")
+        model, processor = load_model_and_processor(model_cfg, cfg.data)
+        source = "model group: " + str(cfg.model.get("pretrained_model_name_or_path") or "tiny")
+    model = place_model(model, device)
+    runtime = {
+        "device": str(device),
+        "dtype": str(model_cfg.get("dtype")),
+        "attn_implementation": str(model_cfg.get("attn_implementation")),
+        "why": why,
+    }
+    log.info(
+        "evaluating on %s in %s with %s attention (%s)",
+        device,
+        runtime["dtype"],
+        runtime["attn_implementation"],
+        why,
+    )
+    return model, processor, source, runtime
+
+
+def with_settings(model_cfg, **settings) -> DictConfig:
+    """A model config node (resolved against its run's config first) with `settings` replaced."""
+    if isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    return OmegaConf.create({**model_cfg, **settings})
 
 
 def evaluate(cfg: DictConfig) -> dict:
     from tqdm import tqdm
 
+    from visd_exp import evaluate_parallel as parallel
     from visd_exp.benchmarks import benchmark_fields, benchmark_tables, build_answer_judge, run_benchmarks
     from visd_exp.data.datamodule import VideoQADataModule
+    from visd_exp.evaluate_runtime import batches_to
     from visd_exp.evaluation import markdown_report, predict, summarize_predictions
     from visd_exp.utils.setup import quiet_known_warnings
 
     quiet_known_warnings()
+    if int(cfg.get("num_processes") or 1) > 1:  # num_processes=N: N ranks spawned here, rank 0's report
+        return parallel.spawn(cfg, int(cfg.num_processes))
     benchmark = benchmark_name(cfg)  # benchmark=NAME: needs the published file (data_file)
     # The V-STaR answer judge first: a judge that cannot work (no API key) stops before any model loads.
     answer_judge = build_answer_judge(cfg.get("answer_judge"))
     torch.manual_seed(cfg.seed)
-    out_dir = Path(cfg.paths.output_dir)
+    ranks = parallel.start(cfg.get("device", "auto"))  # torchrun's ranks, or one process
+    out_dir = parallel.shared_output_dir(ranks, Path(cfg.paths.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, processor, source = load_for_eval(cfg)
+    # rank 0 first: a cache it builds (the tiny model) is never written by two ranks at once
+    model, processor, source, runtime = parallel.rank0_first(ranks, lambda: load_for_eval(cfg, ranks.device))
+    runtime["world_size"] = ranks.world_size
     model.eval()
 
     data_cfg = cfg.data.copy()
@@ -88,15 +135,23 @@ def evaluate(cfg: DictConfig) -> dict:
             data_cfg[f"{other}_file"] = None
     data_cfg.batch_size = cfg.batch_size
     datamodule = VideoQADataModule(data_cfg, processor)
-    datamodule.prepare_data()
+    parallel.rank0_first(ranks, datamodule.prepare_data)  # synthetic videos written by rank 0 alone
     dataset = datamodule.build_split(split)
     if cfg.get("max_samples"):
         dataset.records, dataset.plans = dataset.records[: cfg.max_samples], dataset.plans[: cfg.max_samples]
     datamodule.datasets[split] = dataset
     if benchmark:
         check_benchmark_rows(benchmark, dataset.records, data_cfg)
+    controls = control_names(cfg.get("control"))
+    if ranks.parallel:  # each rank its whole batches of the 1-process run (evaluate_parallel.py)
+        if controls:
+            raise NotImplementedError("control= swaps frames across the whole split: run it on one process")
+        total_batches = math.ceil(len(dataset.records) / int(cfg.batch_size))
+        writer = parallel.ShardWriter(out_dir, ranks, parallel.shard(dataset, int(cfg.batch_size), ranks))
     engine = eval_engine(cfg, model, processor)
     batches = tqdm(datamodule.loader(split, shuffle=False), desc=f"evaluate {split}", unit="batch")
+    if ranks.parallel:
+        batches = writer.tap(batches)
     samples: list[dict] = []  # the samples in the order predict() scores them (one row each)
 
     def tap(batches):
@@ -105,17 +160,32 @@ def evaluate(cfg: DictConfig) -> dict:
             yield batch
 
     rows = []
-    with open(out_dir / "predictions.jsonl", "w") as handle:
+    handle = None if ranks.parallel else open(out_dir / "predictions.jsonl", "w")
+    try:
+        on_device = batches_to(tap(batches), ranks.device)  # every model input where the model is
         for i, row in enumerate(
-            predict(model, processor, tap(batches), cfg.max_completion_length, engine=engine)
+            predict(model, processor, on_device, cfg.max_completion_length, engine=engine)
         ):
             row = {**row, **benchmark_fields(samples[i])}  # what the benchmark protocols read; {} otherwise
             rows.append(row)
-            handle.write(json.dumps(row) + "\n")
+            writer.add(row) if ranks.parallel else handle.write(json.dumps(row) + "\n")
+    finally:
+        if handle is not None:
+            handle.close()
+    if ranks.parallel:  # rank 0 merges in the file's order and reports once; the others stop here
+        rows = parallel.merge(writer, total_batches)
+        if not ranks.main:
+            engine.close()
+            answer_judge.close()
+            parallel.finish(ranks)
+            return {}
+        with open(out_dir / "predictions.jsonl", "w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
     report = {
         "model": source,
         "split": split,
         "data_file": data_cfg.get(f"{split}_file"),
+        "runtime": runtime,
         **summarize_predictions(rows),
     }
     title = f"Evaluation of {source} on {split}"
@@ -138,7 +208,6 @@ def evaluate(cfg: DictConfig) -> dict:
         (out_dir / "report.md").write_text(
             markdown_report(report, title) + "\n" + benchmark_tables(benchmarks)
         )
-    controls = control_names(cfg.get("control"))
     if controls:
         report["controls"] = {"normal": control_summary(report)}
         for control in controls:
@@ -156,6 +225,7 @@ def evaluate(cfg: DictConfig) -> dict:
         with open(out_dir / "report.md", "a") as handle:
             handle.write("\n" + controls_table(report["controls"]))
     engine.close()
+    parallel.finish(ranks)
     log.info("report: %s", out_dir / "report.md")
     print((out_dir / "report.md").read_text())
     return report
