@@ -251,3 +251,45 @@ def test_two_cpu_processes_give_the_one_process_report(cache_dir, tmp_path):
         shards = [tmp_path / name / "shards" / f"predictions.rank{r}.jsonl" for r in (0, 1)]
         batches = [{json.loads(x)["batch"] for x in s.read_text().splitlines()} for s in shards]
         assert batches == [{0, 2}, {1}]
+
+
+CRASHING_RANK = """
+import os, runpy
+from visd_exp import evaluate_parallel as parallel
+add = parallel.ShardWriter.add
+def failing(self, row):
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("rank 1 fails on purpose")
+    add(self, row)
+parallel.ShardWriter.add = failing
+runpy.run_module("visd_exp.evaluate", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_run_with_no_merged_report(cache_dir, tmp_path):
+    """Rank 1 raises on its first row: the run fails with that error, no predictions.jsonl or report is
+    written; what rank 0 decoded stays in its shard."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "crashing_rank.py"
+    script.write_text(CRASHING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    out = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    common = [*TINY, f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir / 'data'}"]
+    result = subprocess.run(
+        [*torchrun, str(script), *common, f"paths.output_dir={out}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0 and "rank 1 fails on purpose" in result.stderr
+    assert not (out / "predictions.jsonl").exists() and not (out / "report.json").exists()
+    assert not (out / "report.md").exists()
+    shard = out / "shards" / "predictions.rank0.jsonl"  # what rank 0 decoded before it was stopped
+    if shard.exists():
+        assert {json.loads(x)["batch"] for x in shard.read_text().splitlines()} <= {0, 2}
