@@ -181,8 +181,8 @@ def validate_file(
     if not path.is_file() and not path.is_dir():  # a folder: VideoMMMU's parquet tracks (formats/parquet.py)
         raise FileNotFoundError(f"{path}: data file not found")
     cache = {} if cache is None else cache
-    probe = cached_probe(cache) if probe_videos else None
-    loaded = read_file(path, fmt, video_root, source_roots, probe, options)
+    probing = cached_probe(cache) if probe_videos else None
+    loaded = read_file(path, fmt, video_root, source_roots, probing, options)
     report = validate_records(loaded.entries, str(path), path.parent, probe_videos, max_problems, cache)
     report.format, report.unused, report.read = loaded.format, loaded.skipped, loaded.read
     return report
