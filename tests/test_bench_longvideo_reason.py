@@ -214,3 +214,14 @@ def test_evaluate_end_to_end(root, tmp_path, cache_dir):
         262144,
     )
     assert settings["max_completion_length"] == 4 and lrr["counts"]["total"] == 7
+
+
+def test_rescore_by_hand(root, tmp_path):
+    """`rescore` on test.jsonl and the hand-written replies: 3 of 7 correct, as above."""
+    from visd_exp.benchmarks.rescore import rescore
+
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text("".join(json.dumps({"id": k, "prediction": v[0]}) + "\n" for k, v in REPLIES.items()))
+    report = rescore("longvideo_reason", root / "test.jsonl", preds, tmp_path / "out")
+    assert report["table"] == pytest.approx({"Acc": 300 / 7})
+    assert report["benchmarks"]["longvideo_reason"]["counts"] == {"total": 7, "correct": 3, "unparsable": 3}

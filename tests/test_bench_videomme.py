@@ -216,3 +216,16 @@ def test_evaluate_end_to_end(root, tmp_path, cache_dir):
     assert settings["subtitles"] is False and videomme["counts"]["total"] == 9
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert {row["id"] for row in rows} == set(QUESTIONS) and all("benchmark" in row for row in rows)
+
+
+def test_rescore_by_hand(root, tmp_path):
+    """`rescore` on the parquet and the hand-written replies: the table worked out above."""
+    from visd_exp.benchmarks.rescore import rescore
+
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text("".join(json.dumps({"id": k, "prediction": v[2]}) + "\n" for k, v in QUESTIONS.items()))
+    report = rescore("videomme", root / "videomme" / "test-00000-of-00001.parquet", preds, tmp_path / "out")
+    assert report["table"] == pytest.approx(
+        {"Overall": 50.0, "Short": 100 / 3, "Medium": 100.0, "Long": 50.0}
+    )
+    assert report["benchmarks"]["videomme"]["counts"] == {"total": 9, "answered": 6, "unparsable": 3}

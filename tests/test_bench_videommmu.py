@@ -289,3 +289,31 @@ def test_evaluate_end_to_end(data, tmp_path, cache_dir):
     # an Adaptation prompt holds one image entry more than its video frames; the processor refuses a
     # prompt whose image entries and images differ, so getting here means each still went through
     assert sum(row["id"].startswith("Adaptation/") for row in rows) == 3
+
+
+def test_rescore_by_hand(data, tmp_path):
+    """`python -m visd_exp.benchmarks.rescore` on the folder and the hand-written replies: the table above."""
+    import json
+
+    from visd_exp.benchmarks.rescore import main
+
+    folder, _ = data
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text("".join(json.dumps({"id": k, "prediction": v[0]}) + "\n" for k, v in REPLIES.items()))
+    main(
+        [
+            "--benchmark",
+            "videommmu",
+            "--data",
+            str(folder),
+            "--predictions",
+            str(preds),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["table"] == pytest.approx(
+        {"Overall": 550 / 9, "Comprehension": 50.0, "Adaptation": 200 / 3, "Perception": 200 / 3}
+    )
+    assert report["benchmarks"]["videommmu"]["counts"]["unparsable"] == 1

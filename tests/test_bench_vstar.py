@@ -139,3 +139,35 @@ def test_evaluate_end_to_end(name, writer, rows, columns, tmp_path, cache_dir):
         assert (out / "vstar_results.json").is_file()
     else:
         assert (report["settings"]["fps"], report["settings"]["min_pixels"]) == (2.0, 12544)
+
+
+def _rescore_with(name: str, data: Path, replies: list[str], tmp_path: Path) -> dict:
+    """rescore on predictions.jsonl holding `replies` for the file's records in their order."""
+    from visd_exp.benchmarks.rescore import benchmark_config, read_benchmark_records, rescore
+
+    ids = list(read_benchmark_records(name, data, None, benchmark_config(name)))
+    assert len(ids) == len(replies)
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text("".join(json.dumps({"id": i, "prediction": r}) + "\n" for i, r in zip(ids, replies)))
+    return rescore(name, data, preds, tmp_path / "out")
+
+
+def test_rescore_charades_and_tvgbench_by_hand(tmp_path):
+    charades = _charades_file(tmp_path / "c")  # ground truth [2, 5] and [0, 1.5]
+    report = _rescore_with(
+        "charades_sta",
+        charades,
+        [
+            "<answer>From <t>2.0</t>s to <t>5.0</t>s</answer>",  # IoU 1
+            "<answer>From <t>0.0</t>s to <t>2.5</t>s</answer>",  # overlap 1.5 / union 2.5 = 0.6
+        ],
+        tmp_path / "c",
+    )
+    assert report["table"] == pytest.approx({"R@0.3": 100.0, "R@0.5": 100.0, "R@0.7": 50.0, "mIoU": 80.0})
+    tvg = _tvgbench_file(tmp_path / "t")  # ground truth 2.0-5.0
+    report = _rescore_with(
+        "tvgbench", tvg, ["<answer>From <t>3.0</t>s to <t>5.0</t>s</answer>"], tmp_path / "t"
+    )
+    # overlap 2 / union 3
+    assert list(report["table"]) == ["mIoU", "R@0.3", "R@0.5", "R@0.7"]
+    assert report["table"] == pytest.approx({"mIoU": 200 / 3, "R@0.3": 100.0, "R@0.5": 100.0, "R@0.7": 0.0})
