@@ -5,7 +5,7 @@
     python -m visd_exp.evaluate_all reports.worldsense=logs/evaluate/runs/<time>/report.json
 
 Each benchmark with a `data_file` runs as `evaluate benchmark=NAME` (its conf/benchmark/NAME.yaml) into
-<run>/<NAME>/; `reports` takes report.json files already written (a multirun over benchmark=) instead.
+<run>/<NAME>/; `reports` takes report.json files of earlier `evaluate benchmark=NAME` runs instead.
 Writes <run>/tables.md and tables.json (benchmarks/paper.py: the paper's layout, Table 2's Average, VISD's
 published row beside, each benchmark's settings).
 """
